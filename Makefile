@@ -1,0 +1,34 @@
+# The two commands: `make demo` and `make test`. Both create .venv and install on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo test lint typecheck unit clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[train,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) examples/demo.py
+
+lint: install
+	$(VENV)/bin/ruff check modelyard tests bench examples
+	$(VENV)/bin/ruff format --check modelyard tests bench examples
+
+typecheck: install
+	$(VENV)/bin/mypy modelyard
+
+test: lint typecheck
+	$(VENV)/bin/pytest
+
+unit: install
+	$(VENV)/bin/pytest -m "unit"
+
+clean:
+	rm -rf $(VENV) runs models .pytest_cache .mypy_cache .ruff_cache
