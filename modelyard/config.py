@@ -152,7 +152,7 @@ class ScheduleConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    """``auto`` picks by task: binary/multilabel → bce, multiclass → cross_entropy, regression → mse."""
+    """``auto`` picks by task: binary/multilabel → bce, multiclass → cross_entropy, else mse."""
 
     name: Literal["auto", "bce", "cross_entropy", "mse", "huber", "focal"] = "auto"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # cross_entropy
@@ -269,9 +269,7 @@ class Config(_Strict):
 
 
 # ------------------------------------------------------------------------------------ loading
-def load_config(
-    source: str | Path | dict[str, Any], overrides: list[str] | None = None
-) -> Config:
+def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Config:
     """Read a config from a YAML file (or a dict), apply ``key.path=value`` overrides, validate.
 
     Raises:
@@ -357,13 +355,13 @@ _MODEL_BY_KIND: dict[str, type[BaseModel]] = {
 def _unknown_keys(
     raw: Any, model: type[BaseModel], prefix: tuple[str, ...]
 ) -> list[tuple[str, list[str]]]:
-    """Walk ``raw`` against the model tree and list unknown keys with the valid names beside them."""
+    """Walk ``raw`` against the model tree; list unknown keys with the valid names beside them."""
     if not isinstance(raw, dict):
         return []
     found: list[tuple[str, list[str]]] = []
     fields = model.model_fields
     for key, value in raw.items():
-        path = prefix + (str(key),)
+        path = (*prefix, str(key))
         if key not in fields:
             found.append((".".join(path), list(fields)))
             continue
@@ -371,7 +369,7 @@ def _unknown_keys(
         if child is not None:
             if model is Config and key == "targets" and isinstance(value, dict):
                 for tname, tval in value.items():
-                    found += _unknown_keys(tval, TargetConfig, path + (str(tname),))
+                    found += _unknown_keys(tval, TargetConfig, (*path, str(tname)))
             else:
                 found += _unknown_keys(value, child, path)
     return found

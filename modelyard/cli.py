@@ -1,0 +1,237 @@
+"""The ``modelyard`` command: a thin layer over the public Python API.
+
+Each subcommand parses its flags, resolves the environment once, and calls one API function.
+Heavy modules (torch, onnxruntime) are imported inside the command that needs them, so that
+``modelyard serve`` and ``modelyard predict models/...`` never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from modelyard import __version__
+from modelyard.config import TASKS
+from modelyard.errors import ModelyardError, RunError
+from modelyard.logs import setup_logging
+
+log = logging.getLogger("modelyard.cli")
+
+
+def _is_run_dir(path: Path) -> bool:
+    return (path / "run.json").is_file()
+
+
+# ------------------------------------------------------------------------------------ commands
+def cmd_init(args: argparse.Namespace) -> int:
+    from modelyard.templates import starter_config
+
+    target = Path(args.dir)
+    config_path = target / "config.yaml"
+    if config_path.exists() and not args.force:
+        raise RunError(f"{config_path} already exists; pass --force to overwrite it")
+    target.mkdir(parents=True, exist_ok=True)
+    name = args.name or target.resolve().name
+    config_path.write_text(starter_config(args.task, name), encoding="utf-8")
+    print(f"wrote {config_path} ({args.task}); put your data at {target}/train.csv and run:")
+    print(f"  modelyard train {config_path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from modelyard.config import load_config
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise RunError(f"{run_dir}: not a run directory (no config.yaml); nothing to resume")
+        config = load_config(run_dir / "config.yaml", args.set)
+    elif args.config:
+        config = load_config(args.config, args.set)
+    else:
+        raise RunError("give a config file, or --resume runs/NAME")
+
+    from modelyard.train import train
+
+    run = train(config, resume=bool(args.resume), overwrite=args.overwrite)
+    print(f"run: {run.dir}")
+    if run.test_metrics:
+        print("test: " + _format_metrics(run.test_metrics))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if _is_run_dir(path):
+        from modelyard.evaluate import evaluate
+
+        result = evaluate(path, data=args.data)
+        metrics = result.metrics
+    else:
+        if not args.data:
+            raise RunError("evaluating a bundle needs --data FILE (a CSV/JSONL with labels)")
+        from modelyard.runtime.evaluate import evaluate_bundle
+
+        metrics = evaluate_bundle(path, args.data)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(_format_metrics(metrics))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from modelyard.predict import predict_file
+
+    summary = predict_file(
+        args.path,
+        args.input,
+        args.output,
+        text_column=args.text_column,
+        chunk_size=args.chunk_size,
+        progress=not args.no_progress,
+    )
+    print(
+        f"predicted {summary.predicted} rows, {summary.failed} bad rows -> {args.output}",
+        file=sys.stderr,
+    )
+    return 0 if summary.failed == 0 or args.allow_bad_rows else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from modelyard.export import export
+
+    bundle = export(args.run, format=args.format, repo=args.repo, which=args.which, name=args.name)
+    print(f"bundle: {bundle.path} (version {bundle.version})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from modelyard.config import ServeConfig, load_config
+
+    settings = load_config(args.config).serve if args.config else ServeConfig()
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "max_batch_size": args.max_batch_size,
+        "max_delay_ms": args.max_delay_ms,
+        "max_queue": args.max_queue,
+        "timeout_s": args.timeout_s,
+        "workers": args.workers,
+        "api_key_file": args.api_key_file,
+    }
+    data = settings.model_dump()
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    settings = ServeConfig.model_validate(data)
+
+    from modelyard.serve import serve
+
+    serve(args.repo, settings)
+    return 0
+
+
+def _format_metrics(metrics: dict[str, Any]) -> str:
+    parts = []
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            parts.append(f"{key}={value:.4f}")
+        elif isinstance(value, int | str):
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+# -------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelyard",
+        description="Text models from raw data to a served, compressed, portable artifact.",
+    )
+    parser.add_argument("--version", action="version", version=f"modelyard {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="write a commented starter config for a task")
+    p.add_argument("dir", help="directory to create (holds config.yaml)")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--name", help="run name (default: the directory's name)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing config.yaml")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("train", help="train a model from a config -> runs/NAME")
+    p.add_argument("config", nargs="?", help="YAML config file")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=3 (repeatable)",
+    )
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a run or a bundle on labelled data")
+    p.add_argument("path", help="runs/NAME or models/NAME[/VERSION]")
+    p.add_argument("--data", help="labelled CSV/TSV/JSONL/Parquet (default for runs: the test set)")
+    p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict a file of texts with a bundle or a run")
+    p.add_argument("path", help="models/NAME[/VERSION] or runs/NAME")
+    p.add_argument("--input", required=True, help="CSV, JSONL or text lines; - for stdin")
+    p.add_argument("--output", required=True, help="JSONL out; - for stdout")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--chunk-size", type=int, default=1024)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--allow-bad-rows", action="store_true", help="exit 0 even when some rows were bad"
+    )
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a run as a versioned bundle")
+    p.add_argument("run", help="runs/NAME")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--repo", default="models", help="model repository directory")
+    p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint")
+    p.add_argument("--name", help="bundle name (default: the run's name)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="serve every bundle in a model repository over HTTP")
+    p.add_argument("repo", help="model repository, e.g. models/")
+    p.add_argument("--config", help="read settings from this config's serve: section")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--max-batch-size", type=int)
+    p.add_argument("--max-delay-ms", type=float)
+    p.add_argument("--max-queue", type=int)
+    p.add_argument("--timeout-s", type=float)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--api-key-file")
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``modelyard`` console script. Returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ModelyardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
