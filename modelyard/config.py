@@ -219,8 +219,15 @@ class CompressConfig(_Strict):
         return [v] if isinstance(v, str) else v
 
 
+ExportFormat = Literal["onnx", "tflite"]
+
+
+def _default_formats() -> list[ExportFormat]:
+    return ["onnx"]
+
+
 class ExportConfig(_Strict):
-    formats: list[Literal["onnx", "tflite"]] = Field(default_factory=lambda: ["onnx"])
+    formats: list[ExportFormat] = Field(default_factory=_default_formats)
     repo: str = "models"
     opset: int = Field(18, ge=17)
     parity_atol: float = Field(1e-4, gt=0.0)

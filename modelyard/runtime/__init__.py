@@ -1,0 +1,25 @@
+"""The serving-side runtime: load a bundle and predict from raw text, without torch.
+
+>>> predictor = load("models/sentiment")          # latest version; load(path, version=2) for another
+>>> predictor.predict(["a lovely film"])[0].label
+"""
+
+from __future__ import annotations
+
+from modelyard.export.bundle import Bundle, Manifest, list_versions, verify_bundle
+from modelyard.runtime.backends import BACKENDS, ONNXBackend
+from modelyard.runtime.evaluate import evaluate_bundle
+from modelyard.runtime.predictor import Prediction, Predictor, load
+
+__all__ = [
+    "BACKENDS",
+    "Bundle",
+    "Manifest",
+    "ONNXBackend",
+    "Prediction",
+    "Predictor",
+    "evaluate_bundle",
+    "list_versions",
+    "load",
+    "verify_bundle",
+]
