@@ -14,8 +14,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+MY := $(VENV)/bin/modelyard
+
 demo: install
-	$(PY) examples/demo.py
+	$(MY) train examples/seed.yaml --overwrite
+	$(MY) export runs/sentiment --format onnx --repo models
+	$(MY) predict models/sentiment --input examples/sample_texts.txt --output - --no-progress
+	$(PY) examples/serve_demo.py models sentiment
 
 lint: install
 	$(VENV)/bin/ruff check modelyard tests bench examples
