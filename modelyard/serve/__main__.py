@@ -1,0 +1,3 @@
+from modelyard.serve.server import main
+
+main()

@@ -1,0 +1,303 @@
+"""Dynamic batching: many small requests in, a few whole batches through one worker thread.
+
+The batcher is a standalone component (Ray Serve's ``serve/batching.py`` shape): a function that
+maps a list of items to a list of the same length, one future per request, and a failure in a
+batch fans out to every request in it. Batching is at the *item* level: a request with five texts
+contributes five items, and a batch closes at ``max_batch_size`` items.
+
+When the worker is idle a lone request is sent at once; while the worker is busy the next batch
+keeps collecting for up to ``max_delay_ms`` (and then waits its turn, still growing until full).
+The queue is bounded in items, so overload is answered (``QueueFullError``) instead of growing
+memory without end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# One batch runs while the next one is closed and waiting; more would only add latency.
+_MAX_IN_FLIGHT = 2
+
+
+class QueueFullError(Exception):
+    """The bounded queue has no room for the request; answer 503 with Retry-After."""
+
+
+class BatcherClosedError(Exception):
+    """The batcher is stopping (shutdown or an old model version draining)."""
+
+
+class RequestTimeoutError(Exception):
+    """The request waited longer than its timeout; answer 504."""
+
+
+@dataclass
+class BatchInfo:
+    """What happened to one batch; handed to the ``on_batch`` hook (metrics)."""
+
+    size: int  # items (texts) in the batch
+    requests: int
+    queue_s: list[float]  # per request: enqueue -> batch start
+    inference_s: float  # time inside the batch function
+    ok: bool
+
+
+@dataclass
+class _Pending(Generic[R]):
+    items: Sequence[Any]
+    future: asyncio.Future[list[R]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class DynamicBatcher(Generic[T, R]):
+    """Group concurrent requests into batches and run them on one dedicated worker thread.
+
+    Args:
+        fn: called in the worker thread with a list of items; returns one result per item, in
+            order. Called with at most ``max_batch_size`` items (a larger request is split).
+        max_batch_size: items per batch.
+        max_delay_ms: how long a batch may keep collecting while the worker is busy.
+        max_queue: items that may wait; more raises :class:`QueueFullError`.
+        name: used for the worker thread's name.
+        on_batch: called on the event loop after every batch (metrics).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[list[T]], Sequence[R]],
+        *,
+        max_batch_size: int = 64,
+        max_delay_ms: float = 5.0,
+        max_queue: int = 1024,
+        name: str = "model",
+        on_batch: Callable[[BatchInfo], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1 or max_delay_ms < 0:
+            raise ValueError("max_batch_size and max_queue must be >= 1, max_delay_ms >= 0")
+        self._fn = fn
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_ms / 1000.0
+        self.max_queue = max_queue
+        self.name = name
+        self._on_batch = on_batch
+        self._queue: deque[_Pending[R]] = deque()
+        self._queued_items = 0
+        self._in_flight = 0
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._abandon = False
+        self._collector: asyncio.Task[None] | None = None
+        self._batch_tasks: set[asyncio.Task[None]] = set()
+        self._executor: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Start the collector task and the worker thread (call from the running event loop)."""
+        if self._collector is not None:
+            return
+        # One thread: the runtime gets whole batches and uses its own intra-op threads.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{self.name}")
+        self._collector = asyncio.get_running_loop().create_task(self._collect_forever())
+
+    async def stop(self, *, drain: bool = True) -> None:
+        """Stop accepting requests; finish (``drain``) or fail the queued ones; join the worker.
+
+        Args:
+            drain: run every queued request before stopping; otherwise they fail with
+                :class:`BatcherClosedError`.
+        """
+        self._closing = True
+        if not drain:
+            self._abandon = True
+            _fail(list(self._queue), BatcherClosedError(f"{self.name} is stopping"))
+            self._queued_items -= sum(len(pending.items) for pending in self._queue)
+            self._queue.clear()
+        self._wakeup.set()
+        if self._collector is not None:
+            await self._collector
+        while self._batch_tasks:
+            await asyncio.gather(*list(self._batch_tasks), return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    @property
+    def queued(self) -> int:
+        """Items waiting (queued, or in a batch that has not been dispatched yet)."""
+        return self._queued_items
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch is running or waiting for the worker."""
+        return self._in_flight > 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    # -------------------------------------------------------------------------------- submit
+    async def submit(self, items: Sequence[T], timeout: float | None = None) -> list[R]:
+        """Queue the items of one request and wait for their results.
+
+        Args:
+            items: the request's items (texts); its results come back in the same order.
+            timeout: seconds to wait in all; an expired request is dropped from the queue.
+
+        Returns:
+            One result per item.
+
+        Raises:
+            QueueFullError: no room in the queue. BatcherClosedError: stopping.
+            RequestTimeoutError: not answered within ``timeout``. Any exception of the batch.
+        """
+        if self._closing or self._collector is None:
+            raise BatcherClosedError(f"{self.name} is not accepting requests")
+        n = len(items)
+        if n == 0:
+            return []
+        if self._queued_items + n > self.max_queue:
+            raise QueueFullError(
+                f"queue of {self.name} is full ({self._queued_items} of {self.max_queue} texts)"
+            )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[R]] = loop.create_future()
+        self._queue.append(_Pending(items, future))
+        self._queued_items += n
+        self._wakeup.set()
+        if timeout is None:
+            return await future
+        # call_later is much cheaper than asyncio.wait_for; an expired future is skipped by the
+        # collector, so a timed-out request never takes a place in a batch.
+        handle = loop.call_later(timeout, _expire, future, timeout)
+        try:
+            return await future
+        finally:
+            handle.cancel()
+
+    # ----------------------------------------------------------------------------- collector
+    def _take(self, batch: list[_Pending[R]], size: int) -> int:
+        """Move queued requests into ``batch`` while they fit; return the new item count."""
+        while self._queue:
+            pending = self._queue[0]
+            n = len(pending.items)
+            if pending.future.done():  # timed out or cancelled while queued
+                self._queue.popleft()
+                self._queued_items -= n
+                continue
+            # A request larger than a whole batch goes alone (and is split in the worker).
+            if size + n > self.max_batch_size and size > 0:
+                break
+            self._queue.popleft()
+            batch.append(pending)
+            size += n
+        return size
+
+    async def _wait(self, timeout: float | None) -> None:
+        self._wakeup.clear()
+        if timeout is None:
+            await self._wakeup.wait()
+            return
+        # A timer that sets the event is much cheaper than asyncio.wait_for (no extra task).
+        handle = asyncio.get_running_loop().call_later(timeout, self._wakeup.set)
+        try:
+            await self._wakeup.wait()
+        finally:
+            handle.cancel()
+
+    async def _collect_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch: list[_Pending[R]] = []
+            size = self._take(batch, 0)
+            if not batch:
+                if self._closing:
+                    return
+                await self._wait(None)
+                continue
+            deadline = loop.time() + self.max_delay_s
+            while size < self.max_batch_size:
+                before = size
+                size = self._take(batch, size)
+                if self._queue and size == before:
+                    break  # the next request does not fit: the batch is full
+                if self._queue:
+                    continue
+                if self._in_flight == 0 or self._closing:
+                    break  # worker idle: a lone request is not made to wait
+                remaining = deadline - loop.time()
+                slot_free = self._in_flight < _MAX_IN_FLIGHT
+                if slot_free and remaining <= 0:
+                    break
+                await self._wait(remaining if slot_free else None)
+            while self._in_flight >= _MAX_IN_FLIGHT:
+                await self._wait(None)
+            # Waiting items count against max_queue until their batch is dispatched.
+            self._queued_items -= size
+            # Requests that timed out (or whose client left) while the batch collected are dropped.
+            batch = [pending for pending in batch if not pending.future.done()]
+            if self._abandon:
+                _fail(batch, BatcherClosedError(f"{self.name} is stopping"))
+                continue
+            if not batch:
+                continue
+            size = sum(len(pending.items) for pending in batch)
+            self._in_flight += 1
+            task = loop.create_task(self._execute(batch, size))
+            self._batch_tasks.add(task)
+            task.add_done_callback(self._batch_tasks.discard)
+
+    async def _execute(self, batch: list[_Pending[R]], size: int) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        items: list[T] = [item for pending in batch for item in pending.items]
+        ok = False
+        inference_s = 0.0
+        try:
+            assert self._executor is not None
+            results, inference_s = await loop.run_in_executor(self._executor, self._call, items)
+            if len(results) != len(items):
+                raise RuntimeError(
+                    f"batch function returned {len(results)} results for {len(items)} items"
+                )
+            offset = 0
+            for pending in batch:
+                n = len(pending.items)
+                if not pending.future.done():
+                    pending.future.set_result(list(results[offset : offset + n]))
+                offset += n
+            ok = True
+        except Exception as exc:  # a failure answers every request of the batch
+            _fail(batch, exc)
+        finally:
+            self._in_flight -= 1
+            self._wakeup.set()
+        if self._on_batch is not None:
+            queue_s = [started - pending.enqueued for pending in batch]
+            self._on_batch(BatchInfo(size, len(batch), queue_s, inference_s, ok))
+
+    def _call(self, items: list[T]) -> tuple[list[R], float]:
+        t0 = time.perf_counter()
+        out: list[R] = []
+        for start in range(0, len(items), self.max_batch_size):
+            out.extend(self._fn(items[start : start + self.max_batch_size]))
+        return out, time.perf_counter() - t0
+
+
+def _fail(batch: list[_Pending[Any]], exc: BaseException) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(exc)
+
+
+def _expire(future: asyncio.Future[Any], timeout: float) -> None:
+    if not future.done():
+        future.set_exception(RequestTimeoutError(f"no answer within {timeout:g} s"))
