@@ -253,6 +253,9 @@ class ServeConfig(_Strict):
     max_text_chars: int = Field(20000, ge=1)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1)
     poll_s: float = Field(2.0, gt=0.0)  # how often the repository is checked for new versions
+    # ONNX Runtime threads per model. 1 by default: each model's batcher feeds whole batches to
+    # one session, and ORT's spinning pool would compete with the event loop for the cores.
+    intra_op_threads: int = Field(1, ge=1)
 
 
 # --------------------------------------------------------------------------------------- root

@@ -8,6 +8,7 @@ error is a JSON ``{"error": "..."}`` with a 4xx/5xx status: client mistakes are 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -38,7 +39,13 @@ from modelyard.serve.protocol import (
     parse_infer,
     parse_predict,
 )
-from modelyard.serve.repository import Loader, ModelNotFoundError, ModelRepository, ModelVersion
+from modelyard.serve.repository import (
+    Loader,
+    ModelNotFoundError,
+    ModelRepository,
+    ModelVersion,
+    default_loader,
+)
 
 JSON = "application/json"
 RETRY_AFTER_S = "1"
@@ -263,7 +270,8 @@ def create_app(
     metrics = ServerMetrics(live_gauges)
     repository = ModelRepository(
         repo,
-        loader=loader,
+        loader=loader
+        or functools.partial(default_loader, intra_op_threads=settings.intra_op_threads),
         max_batch_size=settings.max_batch_size,
         max_delay_ms=settings.max_delay_ms,
         max_queue=settings.max_queue,

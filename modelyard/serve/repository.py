@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -319,14 +318,13 @@ def _load_and_warm(loader: Loader, path: Path) -> PredictorLike:
     return predictor
 
 
-def default_loader(path: Path) -> PredictorLike:
+def default_loader(path: Path, intra_op_threads: int = 1) -> PredictorLike:
     """Load one version directory with the torch-free runtime.
 
-    One ORT intra-op thread: each model has one worker thread feeding it whole batches, and
-    ORT's own pool spin-waits on the cores the event loop needs to parse HTTP.
+    One ORT intra-op thread by default: each model has one worker thread feeding it whole
+    batches, and ORT's own pool spin-waits on the cores the event loop needs to parse HTTP.
     """
     from modelyard.runtime import load
 
-    threads = int(os.environ.get("MODELYARD_INTRA_OP_THREADS", "1"))
-    predictor: PredictorLike = load(path, intra_op_threads=threads, inter_op_threads=1)
+    predictor: PredictorLike = load(path, intra_op_threads=intra_op_threads, inter_op_threads=1)
     return predictor
