@@ -1,0 +1,211 @@
+"""Loss functions by task: a registry of names → builders.
+
+Every loss takes the model's raw output ``logits`` of shape ``(B, K)`` and the targets exactly as
+:meth:`modelyard.data.LabelSpace.encode` produces them (binary float ``(B,)``, multiclass int64
+``(B,)``, multilabel float ``(B, C)``, regression float ``(B,)``) and returns a scalar mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modelyard.config import LossConfig
+from modelyard.errors import ConfigError
+
+AUTO_LOSS: dict[str, str] = {
+    "binary": "bce",
+    "multilabel": "bce",
+    "multiclass": "cross_entropy",
+    "regression": "mse",
+}
+
+# which task each named loss makes sense for; a mismatch is a config error, not a shape crash
+LOSS_TASKS: dict[str, tuple[str, ...]] = {
+    "bce": ("binary", "multilabel"),
+    "cross_entropy": ("multiclass",),
+    "mse": ("regression",),
+    "huber": ("regression",),
+    "focal": ("binary", "multiclass", "multilabel"),
+}
+
+
+def _flat(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Binary and regression heads have one output: (B, 1) -> (B,)."""
+    return logits[:, 0] if task in ("binary", "regression") else logits
+
+
+class BCELoss(nn.Module):
+    """Sigmoid + binary cross-entropy, optionally up-weighting positives (``pos_weight``)."""
+
+    pos_weight: torch.Tensor | None
+
+    def __init__(self, task: str, pos_weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.task = task
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        x = _flat(logits, self.task)
+        pw = self.pos_weight
+        if pw is not None and self.task == "binary":
+            pw = pw.reshape(())  # one scalar for the (B,) case
+        return F.binary_cross_entropy_with_logits(x, targets.to(x.dtype), pos_weight=pw)
+
+
+class CrossEntropyLoss(nn.Module):
+    """Softmax cross-entropy with optional class weights and label smoothing."""
+
+    weight: torch.Tensor | None
+
+    def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits, targets.long(), weight=self.weight, label_smoothing=self.label_smoothing
+        )
+
+
+class MSELoss(nn.Module):
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        x = logits[:, 0]
+        return F.mse_loss(x, targets.to(x.dtype))
+
+
+class HuberLoss(nn.Module):
+    def __init__(self, delta: float = 1.0) -> None:
+        super().__init__()
+        self.delta = delta
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        x = logits[:, 0]
+        return F.huber_loss(x, targets.to(x.dtype), delta=self.delta)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017): ``-alpha_t * (1 - p_t)^gamma * log(p_t)``, mean over items.
+
+    Binary / multilabel use the sigmoid form per output; multiclass the softmax form. ``alpha``
+    is optional: per class for multiclass, ``[w_negative, w_positive]`` per output otherwise.
+    """
+
+    alpha: torch.Tensor | None
+
+    def __init__(self, task: str, gamma: float = 2.0, alpha: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.task = task
+        self.gamma = gamma
+        self.register_buffer("alpha", alpha)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.task == "multiclass":
+            logp = F.log_softmax(logits, dim=-1)  # (B, C)
+            t = targets.long()
+            logp_t = logp.gather(1, t[:, None])[:, 0]  # (B,)
+            loss = -((1.0 - logp_t.exp()) ** self.gamma) * logp_t
+            if self.alpha is not None:
+                loss = loss * self.alpha[t]
+            return loss.mean()
+        x = _flat(logits, self.task)
+        y = targets.to(x.dtype)
+        # log p_t computed from logits for stability: log sigmoid(x) for y=1, log sigmoid(-x) for 0
+        logp_t = -F.binary_cross_entropy_with_logits(x, y, reduction="none")
+        loss = -((1.0 - logp_t.exp()) ** self.gamma) * logp_t
+        if self.alpha is not None:
+            loss = loss * (y * self.alpha[1] + (1.0 - y) * self.alpha[0])
+        return loss.mean()
+
+
+def resolve_loss_name(cfg: LossConfig, task: str) -> str:
+    """The concrete loss name for a task (``auto`` resolved); ConfigError when it does not fit."""
+    name = AUTO_LOSS[task] if cfg.name == "auto" else cfg.name
+    if task not in LOSS_TASKS[name]:
+        fits = [n for n, tasks in LOSS_TASKS.items() if task in tasks]
+        raise ConfigError(
+            f"train.loss.name: '{name}' does not fit task '{task}'; use one of: "
+            f"auto, {', '.join(fits)}"
+        )
+    return name
+
+
+def class_weights(
+    cfg: LossConfig, task: str, targets: np.ndarray, num_outputs: int
+) -> np.ndarray | None:
+    """Per-class weights from the config: ``balanced`` = n / (k * count_k), like scikit-learn.
+
+    Returns:
+        ``None`` for ``none``; multiclass ``(C,)``; binary ``(2,)`` = [negative, positive];
+        multilabel ``(2, C)`` = [negative, positive] per label.
+    """
+    spec = cfg.class_weights
+    if spec == "none" or task == "regression":
+        return None
+    if isinstance(spec, list):
+        expected = num_outputs if task == "multiclass" else 2
+        if task == "multilabel" and len(spec) == num_outputs:
+            # one positive weight per label; negatives keep weight 1
+            return np.stack([np.ones(num_outputs), np.asarray(spec, dtype=np.float64)])
+        if len(spec) != expected:
+            raise ConfigError(
+                f"train.loss.class_weights: expected {expected} weights for task '{task}', "
+                f"got {len(spec)}"
+            )
+        w = np.asarray(spec, dtype=np.float64)
+        return np.repeat(w[:, None], num_outputs, axis=1) if task == "multilabel" else w
+    n = len(targets)
+    if task == "multiclass":
+        counts = np.bincount(targets.astype(np.int64), minlength=num_outputs).astype(np.float64)
+        return n / (num_outputs * np.maximum(counts, 1.0))
+    y = targets.reshape(n, -1).astype(np.float64)  # (N, 1) binary or (N, C) multilabel
+    pos = y.sum(axis=0)
+    neg = n - pos
+    w = np.stack([n / (2.0 * np.maximum(neg, 1.0)), n / (2.0 * np.maximum(pos, 1.0))])  # (2, K)
+    return w[:, 0] if task == "binary" else w
+
+
+def _pos_weight(w: np.ndarray | None) -> torch.Tensor | None:
+    # BCE only re-weights positives relative to negatives: pos_weight = w_pos / w_neg
+    if w is None:
+        return None
+    return torch.as_tensor(w[1] / w[0], dtype=torch.float32).reshape(-1)
+
+
+def _tensor(w: np.ndarray | None) -> torch.Tensor | None:
+    return None if w is None else torch.as_tensor(w, dtype=torch.float32)
+
+
+LossBuilder = Callable[[LossConfig, str, "np.ndarray | None"], nn.Module]
+
+LOSSES: dict[str, LossBuilder] = {
+    "bce": lambda cfg, task, w: BCELoss(task, _pos_weight(w)),
+    "cross_entropy": lambda cfg, task, w: CrossEntropyLoss(_tensor(w), cfg.label_smoothing),
+    "mse": lambda cfg, task, w: MSELoss(),
+    "huber": lambda cfg, task, w: HuberLoss(cfg.huber_delta),
+    "focal": lambda cfg, task, w: FocalLoss(task, cfg.focal_gamma, _tensor(w)),
+}
+
+
+def build_loss(
+    cfg: LossConfig, task: str, train_targets: np.ndarray, num_outputs: int
+) -> nn.Module:
+    """Build the loss for a task.
+
+    Args:
+        cfg: the ``train.loss`` section.
+        task: binary, multiclass, multilabel or regression.
+        train_targets: encoded training targets (for ``class_weights: balanced``).
+        num_outputs: the model's output width.
+
+    Returns:
+        A module ``loss(logits (B, K), targets) -> scalar``.
+    """
+    name = resolve_loss_name(cfg, task)
+    weights = class_weights(cfg, task, train_targets, num_outputs)
+    return LOSSES[name](cfg, task, weights)
