@@ -1,0 +1,68 @@
+"""Model kinds by name: the config names a kind, :func:`build_model` looks its builder up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from modelyard.config import CNNConfig, RNNConfig, TransformerConfig
+from modelyard.errors import ConfigError
+from modelyard.models.cnn import build_cnn
+from modelyard.models.rnn import build_rnn
+from modelyard.models.transformer import build_transformer
+
+AnyModelConfig = RNNConfig | CNNConfig | TransformerConfig
+
+# builder(cfg, *, task, vocab_size, num_outputs, max_length, pad_id) -> nn.Module
+MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "lstm": build_rnn,
+    "gru": build_rnn,
+    "cnn": build_cnn,
+    "transformer": build_transformer,
+}
+
+
+def build_model(
+    cfg: AnyModelConfig,
+    *,
+    task: str,
+    vocab_size: int,
+    num_outputs: int,
+    max_length: int,
+    pad_id: int = 0,
+) -> nn.Module:
+    """Build the model ``cfg.kind`` names.
+
+    Args:
+        cfg: the model section of the config.
+        task: binary, multiclass, multilabel or regression (sets the head size).
+        vocab_size: number of token ids (the tokenizer's vocabulary, added tokens included).
+        num_outputs: the label space's output count.
+        max_length: longest input in tokens (the transformer's number of positions).
+        pad_id: padding token id (its embedding is kept at zero).
+
+    Returns:
+        An ``nn.Module`` whose ``forward(input_ids, attention_mask)`` takes (B, T) long tensors
+        and returns raw logits (B, outputs); padding may be on either side.
+
+    Raises:
+        ConfigError: unknown kind or task, or sizes that cannot work together.
+    """
+    builder = MODEL_BUILDERS.get(cfg.kind)
+    if builder is None:
+        raise ConfigError(
+            f"model.kind: unknown kind {cfg.kind!r}; valid kinds: {', '.join(MODEL_BUILDERS)}"
+        )
+    if not 0 <= pad_id < vocab_size:
+        raise ConfigError(f"pad id {pad_id} is outside the vocabulary (size {vocab_size})")
+    if max_length < 1:
+        raise ConfigError(f"max_length must be >= 1, got {max_length}")
+    return builder(
+        cfg,
+        task=task,
+        vocab_size=vocab_size,
+        num_outputs=num_outputs,
+        max_length=max_length,
+        pad_id=pad_id,
+    )
