@@ -1,0 +1,252 @@
+"""Deployment platform choice: per target, the most accurate variant that fits its budgets.
+
+A config's ``targets:`` section names the places a model must run (``server``, ``edge``,
+``mobile``), each with a bundle format and budgets: model size, p99 latency at batch 1, accuracy
+lost against the fp32 reference. :func:`choose` takes the measured variants and, per target,
+either picks one or says plainly which budget no variant could meet and by how much.
+
+This module is pure (no torch, no files): it reads numbers off measurements, so it is unit-tested
+with hand-made ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from modelyard.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC
+
+if TYPE_CHECKING:
+    from modelyard.config import TargetConfig
+    from modelyard.measure import Measurement
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One budget of a target: which measurement it caps, and how to talk about it."""
+
+    key: str  # the TargetConfig field, e.g. "max_size_mb"
+    value: Callable[[Measurement], float]
+    label: str  # what is measured: "size"
+    unit: str  # printed after a value: "12.3 MB"
+    best: str  # the variant closest to this budget: "smallest"
+    verb: str  # how the closest variant is described: "is 12.3 MB"
+
+
+# The accuracy drop is in points for higher-is-better metrics and in relative % for
+# lower-is-better ones (rmse); the unit is set per call, see _budgets().
+BUDGETS: tuple[Budget, ...] = (
+    Budget("max_size_mb", lambda m: m.size_mb, "size", "MB", "smallest", "is"),
+    Budget("max_p99_ms", lambda m: m.p99_ms, "p99", "ms", "fastest", "has p99"),
+    Budget("max_accuracy_drop", lambda m: m.drop, "drop", "points", "most accurate", "drops"),
+)
+
+
+@dataclass(frozen=True)
+class BudgetMiss:
+    """A variant over one budget: ``value`` measured, ``limit`` allowed."""
+
+    variant: str
+    budget: str
+    label: str
+    value: float
+    limit: float
+    unit: str
+
+    @property
+    def over(self) -> float:
+        """By how much the value exceeds the limit (same unit)."""
+        return self.value - self.limit
+
+    def __str__(self) -> str:
+        return f"{self.label} {_num(self.value)} {self.unit} > {self.budget} {_num(self.limit)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "budget": self.budget,
+            "value": self.value,
+            "limit": self.limit,
+            "over": self.over,
+        }
+
+
+@dataclass
+class Choice:
+    """What :func:`choose` decided for one target.
+
+    Attributes:
+        target: the target's name (a key of ``config.targets``).
+        variant: the chosen measurement, or ``None`` when no variant fits.
+        reason: one plain sentence: why this variant, or which budget failed and by how much.
+        misses: when nothing fits, the budget(s) the closest variant(s) failed.
+        candidates: how many accepted variants of the target's format were considered.
+    """
+
+    target: str
+    variant: Measurement | None
+    reason: str
+    misses: list[BudgetMiss] = field(default_factory=list)
+    candidates: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.variant is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the chosen variant by name (the full measurement is listed elsewhere)."""
+        return {
+            "target": self.target,
+            "variant": self.variant.name if self.variant is not None else None,
+            "bundle": self.variant.bundle if self.variant is not None else None,
+            "reason": self.reason,
+            "misses": [m.to_dict() for m in self.misses],
+            "candidates": self.candidates,
+        }
+
+
+def choose(
+    targets: Mapping[str, TargetConfig],
+    variants: Sequence[Measurement],
+    *,
+    higher_is_better: bool | None = None,
+) -> dict[str, Choice]:
+    """Pick, per target, the most accurate variant that fits the target's budgets.
+
+    Candidates are the variants of the target's format that were not rejected (a variant is
+    rejected when its accuracy drop exceeds ``compress.max_accuracy_drop``). A candidate fits when
+    it meets every budget the target sets (``max_size_mb``, ``max_p99_ms``,
+    ``max_accuracy_drop``; an unset budget is no limit). Among those that fit, the best score
+    wins; ties go to the smaller model, then the lower p99 latency, then the name.
+
+    Args:
+        targets: target name -> :class:`~modelyard.config.TargetConfig` (``config.targets``).
+        variants: the measured variants of every format.
+        higher_is_better: whether a larger score is better; default: read from the variants'
+            metrics (the task's primary metric, e.g. ``accuracy`` yes, ``rmse`` no).
+
+    Returns:
+        Target name -> :class:`Choice`, in the order of ``targets``. A choice without a variant
+        says in its ``reason`` which budget failed, by how much, for the closest variant.
+    """
+    higher = _infer_higher_is_better(variants) if higher_is_better is None else higher_is_better
+    return {name: _choose_one(name, target, variants, higher) for name, target in targets.items()}
+
+
+def _choose_one(
+    name: str, target: TargetConfig, variants: Sequence[Measurement], higher: bool
+) -> Choice:
+    of_format = [m for m in variants if m.format == target.format]
+    if not of_format:
+        built = sorted({m.format for m in variants})
+        have = f"only {', '.join(built)} variants were measured" if built else "none was measured"
+        return Choice(name, None, f"{name}: no {target.format} variant to choose from ({have})")
+    candidates = [m for m in of_format if m.rejected is None]
+    if not candidates:
+        why = "; ".join(f"{m.name}: {m.rejected}" for m in of_format)
+        return Choice(name, None, f"{name}: every {target.format} variant was rejected ({why})")
+    budgets = _budgets(target, higher)
+    fitting = [m for m in candidates if not _misses(m, budgets)]
+    if fitting:
+        best = min(fitting, key=lambda m: _rank(m, higher))
+        within = "within budget" if budgets else "(no budgets set)"
+        return Choice(
+            name,
+            best,
+            f"{name}: {best.name}, the most accurate of {len(fitting)}/{len(candidates)} "
+            f"{target.format} variants {within} (score {_num(best.score)}, "
+            f"{_num(best.size_mb)} MB, p99 {_num(best.p99_ms)} ms)",
+            candidates=len(candidates),
+        )
+    return _explain_none(name, target.format, candidates, budgets)
+
+
+def _explain_none(
+    name: str,
+    fmt: str,
+    candidates: Sequence[Measurement],
+    budgets: Sequence[tuple[Budget, float]],
+) -> Choice:
+    """Say which budget no candidate meets (with the closest one), or, when each budget alone is
+    met by some variant but none meets all, which budgets the closest variant misses."""
+    parts: list[str] = []
+    misses: list[BudgetMiss] = []
+    for budget, limit in budgets:
+        closest = min(candidates, key=lambda m: (_key(budget.value(m)), m.name))
+        value = budget.value(closest)
+        if not value <= limit:  # NaN never fits
+            misses.append(_miss(closest, budget, limit))
+            parts.append(
+                f"{budget.best} {fmt} variant {closest.name} {budget.verb} {_num(value)} "
+                f"{budget.unit} > {budget.key} {_num(limit)}"
+            )
+    if not parts:
+        # every budget alone is met by some variant; the closest misses by the least in all,
+        # each miss counted relative to its limit (+25% size and +20% p99 beat +150% size)
+        def distance(m: Measurement) -> tuple[float, int, str]:
+            found = _misses(m, budgets)
+            return _key(sum(x.over / x.limit for x in found)), len(found), m.name
+
+        closest = min(candidates, key=distance)
+        misses = _misses(closest, budgets)
+        parts.append(
+            f"no {fmt} variant meets every budget at once; closest {closest.name} has "
+            + ", ".join(str(x) for x in misses)
+        )
+    return Choice(
+        name,
+        None,
+        f"{name}: no variant fits: " + "; ".join(parts),
+        misses=misses,
+        candidates=len(candidates),
+    )
+
+
+def _budgets(target: TargetConfig, higher: bool) -> list[tuple[Budget, float]]:
+    """The budgets the target sets, with their limits."""
+    found = []
+    for budget in BUDGETS:
+        limit = getattr(target, budget.key)
+        if limit is None:
+            continue
+        if budget.key == "max_accuracy_drop" and not higher:
+            budget = replace(budget, unit="%")
+        found.append((budget, float(limit)))
+    return found
+
+
+def _miss(m: Measurement, budget: Budget, limit: float) -> BudgetMiss:
+    return BudgetMiss(m.name, budget.key, budget.label, budget.value(m), limit, budget.unit)
+
+
+def _misses(m: Measurement, budgets: Sequence[tuple[Budget, float]]) -> list[BudgetMiss]:
+    # `not value <= limit` so that a NaN measurement counts as a miss
+    return [_miss(m, b, limit) for b, limit in budgets if not b.value(m) <= limit]
+
+
+def _rank(m: Measurement, higher: bool) -> tuple[float, float, float, str]:
+    score = -m.score if higher else m.score
+    return _key(score), _key(m.size_mb), _key(m.p99_ms), m.name
+
+
+def _key(value: float) -> float:
+    """Sort key that puts NaN last (a NaN score is no score)."""
+    return math.inf if math.isnan(value) else value
+
+
+def _infer_higher_is_better(variants: Sequence[Measurement]) -> bool:
+    """Which way the score points: the primary metric whose value the score is."""
+    for m in variants:
+        for metric in dict.fromkeys(PRIMARY_METRIC.values()):
+            if metric in m.metrics and m.metrics[metric] == m.score:
+                return HIGHER_IS_BETTER(metric)
+    return True
+
+
+def _num(value: float) -> str:
+    """A number as a person reads it: 3 significant digits, no exponent for usual sizes."""
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.0f}" if 100 <= abs(value) < 1e6 else f"{value:.3g}"

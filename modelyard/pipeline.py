@@ -1,0 +1,368 @@
+"""The whole road in one call: ``modelyard run config.yaml``.
+
+train → evaluate → export fp32 ONNX → compress variants → TFLite variants → measure each →
+choose one variant per deployment target → ``runs/NAME/variants.json`` and ``report.html``.
+
+Every station is the public API of its package; this module only strings them together, collects
+the measurements and writes the report. A format that cannot be built here (TFLite without
+litert-torch) becomes a note in the report rather than a crash, so the other targets still get
+their answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelyard.choose import Choice, choose
+from modelyard.errors import ModelyardError
+from modelyard.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC
+
+if TYPE_CHECKING:
+    from modelyard.config import Config
+    from modelyard.measure import Measurement
+    from modelyard.train import Run
+
+log = logging.getLogger("modelyard.pipeline")
+
+VARIANTS_FILE = "variants.json"
+REPORT_FILE = "report.html"
+TRADEOFF_FILE = "variants.png"
+
+
+@dataclass
+class PipelineResult:
+    """What ``run`` built, measured and chose.
+
+    Attributes:
+        run: the trained run.
+        variants: every measured variant, the fp32 reference first.
+        choices: target name -> :class:`~modelyard.choose.Choice`.
+        report_path: ``runs/NAME/report.html``.
+        variants_path: ``runs/NAME/variants.json``.
+        metric: the primary metric variants are scored by.
+        notes: what could not be built and why (e.g. litert-torch missing).
+    """
+
+    run: Run
+    variants: list[Measurement]
+    choices: dict[str, Choice]
+    report_path: Path
+    variants_path: Path
+    metric: str
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A short plain-text table of the variants and the choice per target."""
+        return format_summary(self.variants, self.choices, self.metric, self.notes)
+
+
+@dataclass
+class _MeasureData:
+    texts: list[str]
+    targets: np.ndarray
+    source: str
+
+
+def run_pipeline(config: Config, *, overwrite: bool = False, echo: bool = True) -> PipelineResult:
+    """Walk the whole road for a config and pick a variant per deployment target.
+
+    Args:
+        config: the resolved config (:func:`modelyard.config.load_config`); ``compress:``
+            says which variants to build, ``export.formats`` and ``targets:`` which formats.
+        overwrite: replace an existing run directory of the same name (bundles are never
+            overwritten: each variant is a new version in ``export.repo``).
+        echo: print the variants table and the choices when done.
+
+    Returns:
+        A :class:`PipelineResult`.
+
+    Raises:
+        RunError: the run directory exists and ``overwrite`` is false.
+        ConfigError, DataError, BundleError: from the stations.
+    """
+    from modelyard.train import train
+
+    task = str(config.task)
+    metric = PRIMARY_METRIC[task]
+    higher = HIGHER_IS_BETTER(metric)
+    notes: list[str] = []
+
+    log.info("run %s: training", config.name)
+    run = train(config, overwrite=overwrite)
+    data = _measure_data(config)
+    images = _evaluation_images(run, data.source)
+    labels = list(run.labels.labels)
+
+    variants = _onnx_variants(run, config, data, labels)
+    reference = variants[0]
+    if _wants_tflite(config):
+        variants += _tflite_variants(run, config, data, labels, reference.score, notes)
+
+    choices = choose(config.targets, variants, higher_is_better=higher)
+    variants_path = _write_variants(run, variants, choices, metric, reference.score, notes)
+    report_path = _write_report(run, config, data, variants, choices, metric, images, notes)
+    result = PipelineResult(run, variants, choices, report_path, variants_path, metric, notes)
+    if echo:
+        print(result.summary())
+        print(f"report: {report_path}")
+    return result
+
+
+# -------------------------------------------------------------------------------------- stations
+def _evaluation_images(run: Run, source: str) -> dict[str, Path]:
+    """Learning curves and confusion matrix; evaluate on the validation split when the config
+    has no test file (training only evaluates a test file)."""
+    eval_dir = run.paths.eval_dir
+    if (
+        run.config.task in ("binary", "multiclass")
+        and not (eval_dir / "confusion_matrix.png").is_file()
+    ):
+        from modelyard.evaluate import evaluate
+
+        evaluate(run)
+    images = {}
+    for caption, file in (
+        ("Learning curves", "learning_curves.png"),
+        (f"Confusion matrix: the trained model on {Path(source).name}", "confusion_matrix.png"),
+    ):
+        if (eval_dir / file).is_file():
+            images[caption] = eval_dir / file
+    return images
+
+
+def _measure_data(config: Config) -> _MeasureData:
+    """The texts every variant is measured on: the test file, else the validation split."""
+    from modelyard.data import load_splits
+
+    splits = load_splits(config)
+    examples = splits.test if splits.test is not None else splits.validation
+    return _MeasureData(list(examples.texts), examples.targets, str(examples.source))
+
+
+def _onnx_variants(
+    run: Run, config: Config, data: _MeasureData, labels: list[str]
+) -> list[Measurement]:
+    """The fp32 ONNX reference and the variants ``config.compress`` asks for, all measured.
+
+    :func:`modelyard.compress.compress` exports and measures the fp32 reference itself (first
+    in its list) on the same data as :func:`_measure_data`; without compression settings the
+    reference is exported and measured here.
+    """
+    cfg = config.compress
+    if cfg.prune is None and cfg.clip is None and not cfg.quantize:
+        from modelyard.export.onnx import export
+        from modelyard.measure import measure_bundle
+
+        log.info("run %s: exporting fp32 ONNX", config.name)
+        fp32 = export(run, repo=config.export.repo)
+        log.info("run %s: measuring fp32 on %s", config.name, data.source)
+        return [measure_bundle(fp32.path, data.texts, data.targets, run.task, labels)]
+    from modelyard.compress import compress
+
+    log.info("run %s: exporting and compressing (%s)", config.name, _compress_label(config))
+    return compress(
+        run.dir,
+        prune=cfg.prune,
+        prune_kind=cfg.prune_kind,
+        finetune_epochs=cfg.finetune_epochs,
+        quantize=list(cfg.quantize),
+        clip=cfg.clip,
+        repo=config.export.repo,
+        max_accuracy_drop=cfg.max_accuracy_drop,
+    )
+
+
+def _wants_tflite(config: Config) -> bool:
+    return "tflite" in config.export.formats or any(
+        t.format == "tflite" for t in config.targets.values()
+    )
+
+
+def _tflite_variants(
+    run: Run,
+    config: Config,
+    data: _MeasureData,
+    labels: list[str],
+    reference: float,
+    notes: list[str],
+) -> list[Measurement]:
+    """Export and measure TFLite bundles: fp32, then each quantization mode LiteRT supports.
+
+    A missing litert-torch, a failed conversion or a mode LiteRT cannot do is a note, not a
+    failure of the road: the ONNX targets still get their answer.
+    """
+    try:
+        from modelyard.export.tflite import QUANTIZERS, export_tflite
+    except ImportError as exc:
+        notes.append(f"no TFLite variants: {_missing(exc)}")
+        return []
+    from modelyard.measure import measure_bundle
+
+    unsupported = [q for q in config.compress.quantize if q not in QUANTIZERS]
+    if unsupported:
+        notes.append(
+            f"no TFLite {', '.join(unsupported)} variant: the LiteRT exporter supports "
+            f"{', '.join(QUANTIZERS) or 'fp32 only'}"
+        )
+    measured: list[Measurement] = []
+    for mode in [None, *(q for q in config.compress.quantize if q in QUANTIZERS)]:
+        label = f"tflite-{mode or 'fp32'}"
+        log.info("run %s: exporting %s", config.name, label)
+        try:
+            bundle = export_tflite(run, repo=config.export.repo, quantize=mode)
+        except ImportError as exc:
+            notes.append(f"no TFLite variants: {_missing(exc)}")
+            return measured
+        except ModelyardError as exc:
+            notes.append(f"{label} not built: {exc}")
+            if mode is None:  # without the fp32 conversion no quantized one will work either
+                return measured
+            continue
+        try:
+            measured.append(
+                measure_bundle(
+                    bundle.path,
+                    data.texts,
+                    data.targets,
+                    str(config.task),
+                    labels,
+                    reference=reference,
+                    max_drop=config.compress.max_accuracy_drop,
+                )
+            )
+        except ModelyardError as exc:
+            notes.append(f"{label} built as {bundle.path} but not measured: {exc}")
+    return measured
+
+
+def _missing(exc: ImportError) -> str:
+    name = getattr(exc, "name", None) or ""
+    if "litert" in name or "ai_edge" in name or "litert" in str(exc):
+        return "litert-torch is not installed (pip install 'modelyard[mobile]')"
+    return f"the TFLite exporter could not be imported: {exc}"
+
+
+def _compress_label(config: Config) -> str:
+    cfg = config.compress
+    parts = []
+    if cfg.prune is not None:
+        parts.append(f"prune {cfg.prune:g} {cfg.prune_kind}")
+    if cfg.clip is not None:
+        parts.append(f"clip {cfg.clip:g}")
+    if cfg.quantize:
+        parts.append("quantize " + ", ".join(cfg.quantize))
+    return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------- files
+def _write_variants(
+    run: Run,
+    variants: list[Measurement],
+    choices: dict[str, Choice],
+    metric: str,
+    reference: float,
+    notes: list[str],
+) -> Path:
+    path = run.dir / VARIANTS_FILE
+    payload: dict[str, Any] = {
+        "run": run.config.name,
+        "task": run.task,
+        "metric": metric,
+        "higher_is_better": HIGHER_IS_BETTER(metric),
+        "reference": _finite(reference),
+        "variants": [m.to_dict() for m in variants],
+        "choices": {name: c.to_dict() for name, c in choices.items()},
+        "notes": notes,
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_finite) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def _write_report(
+    run: Run,
+    config: Config,
+    data: _MeasureData,
+    variants: list[Measurement],
+    choices: dict[str, Choice],
+    metric: str,
+    images: dict[str, Path],
+    notes: list[str],
+) -> Path:
+    from modelyard.report.html import ReportContent, write_report
+    from modelyard.report.tradeoff import variants_plot
+
+    tradeoff = variants_plot(
+        variants,
+        choices,
+        run.paths.eval_dir / TRADEOFF_FILE,
+        metric=metric,
+        title=f"{config.name}: {metric} vs p99 latency (marker area ∝ size)",
+    )
+    sources = {"train": config.data.train}
+    if config.data.validation:
+        sources["validation"] = config.data.validation
+    sources["measured on"] = f"{data.source} ({len(data.texts)} texts)"
+    content = ReportContent(
+        name=config.name,
+        task=str(config.task),
+        metric=metric,
+        data=sources,
+        test_metrics=run.test_metrics,
+        variants=variants,
+        choices=choices,
+        targets=config.targets,
+        tradeoff_png=tradeoff,
+        images=images,
+        notes=notes,
+        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        run_dir=str(run.dir),
+        higher_is_better=HIGHER_IS_BETTER(metric),
+    )
+    return write_report(content, run.dir / REPORT_FILE)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: write null (also the ``default`` hook for numpy scalars)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------------------- summary
+def format_summary(
+    variants: list[Measurement], choices: dict[str, Choice], metric: str, notes: list[str]
+) -> str:
+    """The variants as a fixed-width table, then one line per target."""
+    width = max([len("variant"), *(len(m.name) for m in variants)])
+    lines = [
+        f"{'variant':<{width}}  {'format':<6}  {'size MB':>8}  {'p50 ms':>7}  {'p99 ms':>7}  "
+        f"{'texts/s':>8}  {metric:>9}  {'drop':>6}  status"
+    ]
+    for m in variants:
+        status = f"rejected: {m.rejected}" if m.rejected else "ok"
+        lines.append(
+            f"{m.name:<{width}}  {m.format:<6}  {m.size_mb:>8.3g}  {m.p50_ms:>7.2f}  "
+            f"{m.p99_ms:>7.2f}  {m.throughput:>8.0f}  {m.score:>9.4f}  {m.drop:>6.2f}  {status}"
+        )
+    if choices:
+        lines.append("")
+        name_w = max(len(t) for t in choices)
+        for target, choice in choices.items():
+            if choice.variant is not None:
+                picked = f"{choice.variant.name} ({choice.variant.bundle})"
+            else:
+                picked = "none: " + choice.reason.removeprefix(f"{target}: ")
+            lines.append(f"{target:<{name_w}}  -> {picked}")
+    lines += [f"note: {n}" for n in notes]
+    return "\n".join(lines)
