@@ -23,6 +23,8 @@ _LAZY = {
     "Predictor": "modelyard.runtime",
     "Prediction": "modelyard.runtime",
     "serve": "modelyard.serve",
+    "run_pipeline": "modelyard.pipeline",
+    "choose": "modelyard.choose",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -104,10 +104,66 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from modelyard.export import export
+    if args.format == "tflite":
+        from modelyard.export.tflite import export_tflite
 
-    bundle = export(args.run, format=args.format, repo=args.repo, which=args.which, name=args.name)
+        bundle = export_tflite(
+            args.run, repo=args.repo, which=args.which, quantize=args.quantize, name=args.name
+        )
+    else:
+        if args.quantize:
+            raise RunError("--quantize applies to tflite; for ONNX use `modelyard compress`")
+        from modelyard.export import export
+
+        bundle = export(
+            args.run, format=args.format, repo=args.repo, which=args.which, name=args.name
+        )
     print(f"bundle: {bundle.path} (version {bundle.version})")
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from modelyard.compress import compress
+
+    if args.prune is None and not args.quantize and args.clip is None:
+        raise RunError("nothing to do: give --prune, --quantize and/or --clip")
+    clip: float | str | None = args.clip
+    if isinstance(clip, str) and not clip.endswith("%"):
+        try:
+            clip = float(clip)
+        except ValueError:
+            raise RunError(f"--clip {clip!r}: give a value (3.0) or a percentile (99.9%)") from None
+    measurements = compress(
+        args.source,
+        prune=args.prune,
+        prune_kind=args.prune_kind,
+        finetune_epochs=args.finetune_epochs,
+        quantize=args.quantize,
+        clip=clip,
+        repo=args.repo,
+        max_accuracy_drop=args.max_accuracy_drop,
+        data=args.data,
+    )
+    header = f"{'variant':<28} {'MB':>8} {'p50 ms':>7} {'p99 ms':>7} {'texts/s':>8} {'score':>7}"
+    print(header + "  status")
+    for m in measurements:
+        status = f"rejected: {m.rejected}" if m.rejected else f"ok -> {m.bundle}"
+        print(
+            f"{m.name:<28} {m.size_mb:>8.3f} {m.p50_ms:>7.2f} {m.p99_ms:>7.2f} "
+            f"{m.throughput:>8.0f} {m.score:>7.4f}  {status}"
+        )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from modelyard.config import load_config
+
+    config = load_config(args.config, args.set)
+    from modelyard.pipeline import run_pipeline
+
+    result = run_pipeline(config, overwrite=args.overwrite)
+    if args.strict and not all(c.ok for c in result.choices.values()):
+        return 3
     return 0
 
 
@@ -196,11 +252,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a run as a versioned bundle")
     p.add_argument("run", help="runs/NAME")
-    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--format", default="onnx", choices=["onnx", "tflite"])
     p.add_argument("--repo", default="models", help="model repository directory")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint")
     p.add_argument("--name", help="bundle name (default: the run's name)")
+    p.add_argument("--quantize", choices=["int8-dynamic"], help="tflite: dynamic-range int8")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("compress", help="prune / quantize / clip into new, measured bundles")
+    p.add_argument("source", help="runs/NAME (any variant) or models/NAME (quantize only)")
+    p.add_argument("--prune", type=float, help="fraction of weights to prune, e.g. 0.5")
+    p.add_argument("--prune-kind", default="unstructured", choices=["unstructured", "structured"])
+    p.add_argument("--finetune-epochs", type=int, default=0, help="recover accuracy after pruning")
+    p.add_argument(
+        "--quantize",
+        action="append",
+        default=[],
+        choices=["int8-dynamic", "int8-static", "fp16"],
+        help="repeatable",
+    )
+    p.add_argument("--clip", help="clip weights at a value (3.0) or a percentile (99.9%%)")
+    p.add_argument("--repo", default="models")
+    p.add_argument("--data", help="labelled data to score variants on (default: the test set)")
+    p.add_argument("--max-accuracy-drop", type=float, default=1.0, help="points; else rejected")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser(
+        "run", help="the whole road: train, compress, export, measure, choose -> report.html"
+    )
+    p.add_argument("config", help="YAML config file")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--strict", action="store_true", help="exit 3 when a target has no fit")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("serve", help="serve every bundle in a model repository over HTTP")
     p.add_argument("repo", help="model repository, e.g. models/")
