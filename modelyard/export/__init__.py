@@ -6,7 +6,9 @@ format the torch-free runtime and server read — never pulls in torch.
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
+from types import ModuleType
 from typing import Any
 
 from modelyard.export.bundle import (
@@ -37,3 +39,14 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'modelyard.export' has no attribute {name!r}")
     return getattr(import_module(module), name)
+
+
+class _ExportModule(ModuleType):
+    """Lets ``modelyard.export(run)`` work: once this package is imported, the attribute
+    ``modelyard.export`` is the package itself rather than the lazily bound function."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return __getattr__("export")(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _ExportModule

@@ -1,6 +1,6 @@
 """The serving-side runtime: load a bundle and predict from raw text, without torch.
 
->>> predictor = load("models/sentiment")          # latest version; load(path, version=2) for another
+>>> predictor = load("models/sentiment")  # the latest version; load(path, version=2) for another
 >>> predictor.predict(["a lovely film"])[0].label
 """
 
