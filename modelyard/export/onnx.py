@@ -379,4 +379,11 @@ def _test_metrics(run: Run) -> dict[str, float] | None:
 
 
 # bundle format -> exporter; the LiteRT exporter registers "tflite" here
-EXPORTERS: dict[str, Callable[..., Bundle]] = {"onnx": export_onnx}
+def _export_tflite(run: Run, **kwargs: Any) -> Bundle:
+    # imported on use: tflite.py imports this module, and litert-torch is an optional extra
+    from modelyard.export.tflite import export_tflite
+
+    return export_tflite(run, **kwargs)
+
+
+EXPORTERS: dict[str, Callable[..., Bundle]] = {"onnx": export_onnx, "tflite": _export_tflite}

@@ -81,7 +81,12 @@ class ONNXBackend:
         providers: Providers = None,
         intra_op_threads: int | None = None,
         inter_op_threads: int | None = None,
+        pad_id: int = 0,
+        padding_side: str | None = None,
     ) -> None:
+        # pad_id / padding_side matter only to static-shape backends (LiteRT); an ONNX graph
+        # with dynamic axes takes the batch as the predictor padded it.
+        del pad_id, padding_side
         import onnxruntime as ort
 
         options = ort.SessionOptions()

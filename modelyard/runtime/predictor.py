@@ -253,5 +253,7 @@ def load(
         providers=providers,
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,
+        pad_id=manifest.pad_id,
+        padding_side=manifest.padding_side,
     )
     return Predictor(bundle.path, manifest, backend, tokenizer, max_batch=max_batch)
