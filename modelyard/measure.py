@@ -1,0 +1,246 @@
+"""Measure a bundle the way it will run: accuracy, size, latency and throughput (no torch).
+
+Every number comes from the torch-free runtime (:func:`modelyard.runtime.load`) on the bundle
+itself, tokenization included, so a variant is judged exactly as the server would run it. The
+fp32 bundle is the reference: a variant whose primary metric falls more than ``max_drop`` points
+below it is marked rejected, with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelyard.errors import BundleError, DataError
+from modelyard.export.bundle import Manifest
+
+MIB = 2**20
+LATENCY_BATCH = 1
+THROUGHPUT_BATCH = 32
+
+
+@dataclass
+class Measurement:
+    """One variant, measured through the runtime on the same test texts as its reference.
+
+    Attributes:
+        name: the variant, e.g. ``fp32``, ``int8-dynamic``, ``pruned50+int8-dynamic``,
+            ``tflite-fp32``.
+        format: ``onnx`` or ``tflite``.
+        bundle: the bundle directory ``REPO/NAME/VERSION``.
+        version: the bundle version.
+        size_mb: the model file's size in MiB (2**20 bytes).
+        p50_ms: median latency of one text (batch 1), tokenization included.
+        p99_ms: 99th percentile of the same.
+        throughput: texts per second at batch 32, tokenization included.
+        metrics: every task metric on the test texts.
+        score: the task's primary metric (``metrics[PRIMARY_METRIC[task]]``).
+        drop: points lost against the reference (positive = worse): ``100 * (ref - score)``
+            for a higher-is-better metric, the relative increase in percent
+            ``100 * (score - ref) / ref`` for a lower-is-better one (rmse). 0 for the reference.
+        rejected: why the variant is rejected (``"accuracy drop 2.3 points > 1.0"``), or ``None``.
+    """
+
+    name: str
+    format: str
+    bundle: str
+    version: int
+    size_mb: float
+    p50_ms: float
+    p99_ms: float
+    throughput: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    score: float = float("nan")
+    drop: float = 0.0
+    rejected: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (NaN metrics become ``None``: JSON has no NaN)."""
+        out = asdict(self)
+        out["metrics"] = {k: _finite(v) for k, v in self.metrics.items()}
+        for key in ("score", "drop", "p50_ms", "p99_ms", "throughput", "size_mb"):
+            out[key] = _finite(out[key])
+        return out
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def variant_name(manifest: Manifest) -> str:
+    """The variant's short name, from ``manifest.variant["name"]`` or derived from its parts.
+
+    Bundles written by :func:`modelyard.export.export` carry no name; they are ``fp32``.
+    """
+    variant = manifest.variant or {}
+    name = variant.get("name")
+    if isinstance(name, str) and name:
+        return name
+    quant = variant.get("quantization")
+    mode = quant.get("mode") if isinstance(quant, dict) else quant
+    base = str(mode) if mode else "fp32"
+    return f"tflite-{base}" if manifest.format == "tflite" else base
+
+
+def accuracy_drop(metric: str, score: float, reference: float) -> float:
+    """Points lost from ``reference`` to ``score`` (positive = worse); see :class:`Measurement`."""
+    from modelyard.metrics import HIGHER_IS_BETTER
+
+    if HIGHER_IS_BETTER(metric):
+        return 100.0 * (reference - score)
+    if reference == 0:
+        return 0.0 if score == 0 else float("inf")
+    return 100.0 * (score - reference) / abs(reference)
+
+
+def rejection(metric: str, drop: float, max_drop: float) -> str | None:
+    """The reason a drop rejects a variant, or ``None`` when it is within ``max_drop``."""
+    from modelyard.metrics import HIGHER_IS_BETTER
+
+    if drop <= max_drop:
+        return None
+    if not math.isfinite(drop):
+        return f"{metric} is not finite against the reference"
+    unit = "points" if HIGHER_IS_BETTER(metric) else "% worse"
+    return f"{metric} drop {drop:.2f} {unit} > {max_drop:g}"
+
+
+def measure_bundle(
+    path: str | Path,
+    texts: Sequence[str],
+    targets: np.ndarray,
+    task: str,
+    labels: Sequence[str],
+    *,
+    reference: float | None = None,
+    max_drop: float = 1.0,
+    latency_runs: int = 200,
+    throughput_batches: int = 20,
+    name: str | None = None,
+    intra_op_threads: int | None = 1,
+) -> Measurement:
+    """Score and time one bundle through the runtime.
+
+    Args:
+        path: ``REPO/NAME/VERSION`` (or ``REPO/NAME`` for the latest version).
+        texts: the test texts.
+        targets: their encoded targets, as :meth:`modelyard.data.LabelSpace.encode` gives them
+            for ``labels``.
+        task: the task; the bundle must be for it.
+        labels: the class names the targets were encoded with; the bundle's must match.
+        reference: the reference's primary metric (the fp32 bundle); ``None``: this bundle is
+            the reference (drop 0, never rejected).
+        max_drop: the largest drop (see :class:`Measurement`) that is still accepted.
+        latency_runs: single-text predictions timed for p50/p99 (texts taken in turn).
+        throughput_batches: batches of 32 texts timed for throughput.
+        name: the variant name; default: from the manifest (:func:`variant_name`).
+        intra_op_threads: ONNX Runtime threads; 1 by default, as the server runs each model.
+
+    Returns:
+        The :class:`Measurement`.
+
+    Raises:
+        BundleError: the bundle is missing, corrupted, for another task, or its labels differ.
+        DataError: no texts, or texts and targets of different lengths.
+    """
+    from modelyard.metrics import PRIMARY_METRIC, compute_metrics
+    from modelyard.runtime import load
+
+    if not texts:
+        raise DataError("cannot measure a bundle on zero texts")
+    if len(texts) != len(targets):
+        raise DataError(f"{len(texts)} texts but {len(targets)} targets")
+    predictor = load(path, task=task, intra_op_threads=intra_op_threads)
+    manifest = predictor.manifest
+    if list(manifest.labels) != list(labels):
+        raise BundleError(
+            f"{predictor.path}: bundle labels {manifest.labels} differ from the data's "
+            f"{list(labels)}"
+        )
+    scores = predictor.infer(predictor.encode(texts))
+    if task in ("binary", "regression"):
+        scores = scores[:, 0]  # (N,): one probability or value per text
+    metrics = compute_metrics(
+        task, targets, scores, list(labels), threshold=manifest.postprocess.threshold
+    )
+    metric = PRIMARY_METRIC[task]
+    score = float(metrics[metric])
+    drop = 0.0 if reference is None else accuracy_drop(metric, score, reference)
+    p50, p99 = _latency(predictor, texts, latency_runs)
+    model_file = predictor.path / manifest.model_file
+    return Measurement(
+        name=name or variant_name(manifest),
+        format=manifest.format,
+        bundle=str(predictor.path),
+        version=manifest.version,
+        size_mb=model_file.stat().st_size / MIB,
+        p50_ms=p50,
+        p99_ms=p99,
+        throughput=_throughput(predictor, texts, throughput_batches),
+        metrics={k: float(v) for k, v in metrics.items()},
+        score=score,
+        drop=drop,
+        rejected=None if reference is None else rejection(metric, drop, max_drop),
+    )
+
+
+def _latency(predictor: Any, texts: Sequence[str], runs: int) -> tuple[float, float]:
+    """p50 and p99 in ms of ``predict([text])``; a short warm-up is not counted."""
+    for i in range(20):
+        predictor.predict([texts[i % len(texts)]])
+    times = np.empty(max(runs, 1))
+    for i in range(len(times)):
+        text = texts[i % len(texts)]
+        t0 = time.perf_counter()
+        predictor.predict([text])
+        times[i] = time.perf_counter() - t0
+    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
+
+
+def _throughput(predictor: Any, texts: Sequence[str], batches: int) -> float:
+    """Texts per second over ``batches`` batches of 32 (texts taken in turn, wrapping)."""
+    n = THROUGHPUT_BATCH
+    pool = list(texts) * math.ceil(n * max(batches, 1) / len(texts))
+    predictor.predict(pool[:n])  # warm-up at this batch shape
+    t0 = time.perf_counter()
+    for b in range(max(batches, 1)):
+        predictor.predict(pool[b * n : (b + 1) * n])
+    elapsed = time.perf_counter() - t0
+    return n * max(batches, 1) / max(elapsed, 1e-9)
+
+
+def format_table(measurements: Sequence[Measurement], *, metric: str | None = None) -> str:
+    """A plain-text table of variants, with size and speed ratios against the first row.
+
+    Args:
+        measurements: the variants; the first is the reference the ratios are taken against.
+        metric: the name of the score column (default ``score``).
+
+    Returns:
+        The table, one variant per line.
+    """
+    if not measurements:
+        return "(no variants)"
+    ref = measurements[0]
+    w = max(len("variant"), *(len(m.name) for m in measurements))
+    header = (
+        f"{'variant':<{w}} {'ver':>4} {'size MB':>8} {'size x':>7} {metric or 'score':>9} "
+        f"{'drop':>6} {'p50 ms':>7} {'p99 ms':>7} {'texts/s@32':>10} {'thr x':>6}  status"
+    )
+    lines = [header, "-" * len(header)]
+    for m in measurements:
+        size_ratio = m.size_mb / ref.size_mb if ref.size_mb else float("nan")
+        thr_ratio = m.throughput / ref.throughput if ref.throughput else float("nan")
+        status = f"rejected: {m.rejected}" if m.rejected else "ok"
+        lines.append(
+            f"{m.name:<{w}} {m.version:>4} {m.size_mb:>8.3f} {size_ratio:>7.3f} {m.score:>9.4f} "
+            f"{m.drop:>6.2f} {m.p50_ms:>7.2f} {m.p99_ms:>7.2f} {m.throughput:>10.0f} "
+            f"{thr_ratio:>6.2f}  {status}"
+        )
+    return "\n".join(lines)
