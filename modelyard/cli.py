@@ -144,14 +144,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
         max_accuracy_drop=args.max_accuracy_drop,
         data=args.data,
     )
-    header = f"{'variant':<28} {'MB':>8} {'p50 ms':>7} {'p99 ms':>7} {'texts/s':>8} {'score':>7}"
-    print(header + "  status")
+    from modelyard.measure import format_table
+
+    print(format_table(measurements))
     for m in measurements:
-        status = f"rejected: {m.rejected}" if m.rejected else f"ok -> {m.bundle}"
-        print(
-            f"{m.name:<28} {m.size_mb:>8.3f} {m.p50_ms:>7.2f} {m.p99_ms:>7.2f} "
-            f"{m.throughput:>8.0f} {m.score:>7.4f}  {status}"
-        )
+        if m.rejected:
+            print(f"rejected {m.name} (version {m.version}): {m.rejected}")
     return 0
 
 

@@ -186,12 +186,32 @@ def list_versions(model_dir: str | Path) -> list[int]:
     return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def is_rejected(bundle_dir: str | Path) -> bool:
+    """Whether ``modelyard compress`` marked this version rejected (it lost too much accuracy).
+
+    Rejected variants stay on disk for inspection but are never the default version.
+    """
+    try:
+        data = json.loads((Path(bundle_dir) / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    variant = data.get("variant") if isinstance(data, dict) else None
+    return bool(isinstance(variant, dict) and variant.get("rejected"))
+
+
+def latest_version(model_dir: str | Path) -> int | None:
+    """The version served by default: the highest one not marked rejected; None when none."""
+    root = Path(model_dir)
+    return next((v for v in reversed(list_versions(root)) if not is_rejected(root / str(v))), None)
+
+
 def resolve_bundle_dir(path: str | Path, version: int | None = None) -> Path:
     """Find the version directory for ``path``.
 
     Args:
         path: ``REPO/NAME`` (a model with versions) or ``REPO/NAME/VERSION`` (one bundle).
-        version: which version of ``REPO/NAME``; ``None`` means the latest.
+        version: which version of ``REPO/NAME``; ``None`` means the latest that is not a
+            rejected variant.
 
     Returns:
         The directory that holds ``manifest.json``.
@@ -210,7 +230,10 @@ def resolve_bundle_dir(path: str | Path, version: int | None = None) -> Path:
     if not versions:
         raise BundleError(f"{root}: not a bundle (no {MANIFEST_FILE} and no version directories)")
     if version is None:
-        return root / str(versions[-1])
+        latest = latest_version(root)
+        if latest is None:
+            raise BundleError(f"{root}: every version is a rejected variant; name one explicitly")
+        return root / str(latest)
     if version not in versions:
         raise BundleError(
             f"{root}: no version {version}; available: {', '.join(map(str, versions))}"
@@ -237,7 +260,8 @@ def verify_bundle(
 
     Args:
         path: ``REPO/NAME`` or ``REPO/NAME/VERSION``.
-        version: which version of ``REPO/NAME``; ``None`` means the latest.
+        version: which version of ``REPO/NAME``; ``None`` means the latest that is not a
+            rejected variant.
         task: when given, the task the caller expects; another task is an error.
 
     Returns:

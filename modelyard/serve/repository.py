@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from modelyard.export.bundle import is_rejected
 from modelyard.serve.batcher import BatchInfo, DynamicBatcher
 
 log = logging.getLogger("modelyard.serve")
@@ -204,10 +205,11 @@ class ModelRepository:
         for model_dir in sorted(self.root.iterdir()):
             if not model_dir.is_dir() or not MODEL_NAME.match(model_dir.name):
                 continue
+            # rejected compression variants stay on disk but are never served
             versions = sorted(
                 int(d.name)
                 for d in model_dir.iterdir()
-                if d.name.isdigit() and (d / MANIFEST).is_file()
+                if d.name.isdigit() and (d / MANIFEST).is_file() and not is_rejected(d)
             )
             found[model_dir.name] = versions
         return found
