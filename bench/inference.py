@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from seed_kinds import MODELS  # bench/ is on sys.path when this script runs
 
 import modelyard
 from modelyard.config import load_config
@@ -32,12 +33,6 @@ from modelyard.tokenize import encode, load_tokenizer, pad_batch, tokenizer_info
 from modelyard.train import Run, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
-KIND_OVERRIDES = {
-    "lstm": [],
-    "gru": ["model.kind=gru"],
-    "cnn": ["model.kind=cnn"],
-    "transformer": ["model.kind=transformer", "model.num_layers=2", "model.num_heads=4"],
-}
 
 
 def torch_predictor(run: Run) -> Callable[[Sequence[str]], np.ndarray]:
@@ -91,7 +86,7 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "examples" / "seed.yaml"))
-    parser.add_argument("--kinds", nargs="+", default=list(KIND_OVERRIDES))
+    parser.add_argument("--kinds", nargs="+", default=["lstm", "gru", "cnn", "transformer"])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1, help="torch and ORT intra-op threads")
     args = parser.parse_args()
@@ -103,7 +98,7 @@ def main() -> None:
             config = load_config(
                 args.config,
                 [
-                    *KIND_OVERRIDES[kind],
+                    f"model={MODELS[kind]}",
                     "train.epochs=1",
                     "train.progress=false",
                     "train.monitor=val_loss",
