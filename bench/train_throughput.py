@@ -9,8 +9,8 @@ on the same split and tokenizer of the shipped food reviews:
                 the LSTM's last time step into the head. The reference.
 
 It prints samples/second (training steps only), seconds per epoch and test accuracy / macro-F1,
-with ratios against ``plain``. The variants run interleaved epoch by epoch is not possible with
-the library loop, so they run one after another in the same process; run it on a quiet machine.
+with ratios against ``plain``. The three run interleaved, one epoch of each in turn, so that noise
+on a shared machine hits all of them alike.
 
     .venv/bin/python bench/train_throughput.py --epochs 3
 """
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-import modelyard
 from modelyard.config import load_config
 from modelyard.data import load_splits
 from modelyard.metrics import compute_metrics
 from modelyard.tokenize import build_tokenizer, encode, pad_batch
+from modelyard.train import loop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,29 +46,38 @@ class Result:
     test_macro_f1: float
 
 
-def run_modelyard(name: str, config_path: Path, epochs: int, bucketing: bool, out: Path) -> Result:
-    config = load_config(
-        config_path,
-        [
-            f"train.epochs={epochs}",
-            f"train.bucketing={str(bucketing).lower()}",
-            f"output_dir={out}",
-            f"name=bench-{name}",
-            "train.progress=false",
-            "train.monitor=val_loss",
-        ],
-    )
-    run = modelyard.train(config, overwrite=True)
-    epoch_s = [float(h["epoch_time_s"]) for h in run.history]
-    seen = [float(h["samples_per_s"]) * float(h["epoch_time_s"]) for h in run.history]
-    metrics = run.test_metrics or {}
-    return Result(
-        name,
-        samples_per_s=sum(seen) / sum(epoch_s),
-        epoch_s=float(np.mean(epoch_s)),
-        test_accuracy=float(metrics.get("accuracy", float("nan"))),
-        test_macro_f1=float(metrics.get("macro_f1", float("nan"))),
-    )
+class ModelyardVariant:
+    """``modelyard``'s own loop (setup / train_epoch / end_epoch / finish), one epoch at a time."""
+
+    def __init__(self, name: str, config_path: Path, epochs: int, bucketing: bool, out: Path):
+        self.name = name
+        config = load_config(
+            config_path,
+            [
+                f"train.epochs={epochs}",
+                f"train.bucketing={str(bucketing).lower()}",
+                f"output_dir={out}",
+                f"name=bench-{name}",
+                "train.progress=false",
+                "train.monitor=val_loss",
+            ],
+        )
+        self.settings = loop.torch_settings(config)
+        self.settings.__enter__()
+        self.session = loop.setup(config, overwrite=True)
+        self.samples = len(self.session.train.seqs)
+
+    def epoch(self, epoch: int) -> float:
+        t0 = time.perf_counter()
+        loop.train_epoch(self.session, epoch)
+        seconds = time.perf_counter() - t0
+        loop.end_epoch(self.session, epoch)  # validation and checkpoints: not timed
+        return seconds
+
+    def test_metrics(self) -> dict[str, float]:
+        run = loop.finish(self.session)
+        self.settings.__exit__(None, None, None)
+        return dict(run.test_metrics or {})
 
 
 class PlainLSTM(nn.Module):
@@ -85,51 +94,54 @@ class PlainLSTM(nn.Module):
         return self.head(out[:, -1]).squeeze(-1)  # (B,)
 
 
-def run_plain(config_path: Path, epochs: int) -> Result:
-    config = load_config(config_path)
-    torch.manual_seed(config.seed)
-    splits = load_splits(config)
-    tok = build_tokenizer(config.tokenizer, config.data.clean, splits.train.texts)
-    length = config.tokenizer.max_length
-    side = config.tokenizer.padding_side
+class PlainVariant:
+    """The reference: fixed-length pre-padding, plain Adam, no masking, no buckets."""
 
-    def tensors(texts: list[str]) -> torch.Tensor:
-        padded = pad_batch(encode(tok, texts), side=side, length=length)
-        return torch.from_numpy(padded.ids)
+    name = "plain"
 
-    x_train, y_train = tensors(splits.train.texts), torch.from_numpy(splits.train.targets)
-    assert splits.test is not None
-    x_test = tensors(splits.test.texts)
-    model = PlainLSTM(tok.get_vocab_size(), 128, 64)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.BCEWithLogitsLoss()
-    rng = np.random.default_rng(config.seed)
-    batch = config.train.batch_size
-    times = []
-    for _ in range(epochs):
-        model.train()
-        order = rng.permutation(len(x_train))
+    def __init__(self, config_path: Path) -> None:
+        config = load_config(config_path)
+        torch.manual_seed(config.seed)
+        self.splits = load_splits(config)
+        tok = build_tokenizer(config.tokenizer, config.data.clean, self.splits.train.texts)
+        length = config.tokenizer.max_length
+        side = config.tokenizer.padding_side
+
+        def tensors(texts: list[str]) -> torch.Tensor:
+            return torch.from_numpy(pad_batch(encode(tok, texts), side=side, length=length).ids)
+
+        self.x_train = tensors(self.splits.train.texts)
+        self.y_train = torch.from_numpy(self.splits.train.targets)
+        assert self.splits.test is not None
+        self.x_test = tensors(self.splits.test.texts)
+        self.model = PlainLSTM(tok.get_vocab_size(), 128, 64)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.rng = np.random.default_rng(config.seed)
+        self.batch = config.train.batch_size
+        self.samples = len(self.x_train)
+
+    def epoch(self, epoch: int) -> float:
+        self.model.train()
+        order = self.rng.permutation(len(self.x_train))
         t0 = time.perf_counter()
-        for start in range(0, len(order), batch):
-            idx = torch.from_numpy(order[start : start + batch])
-            opt.zero_grad()
-            loss = loss_fn(model(x_train[idx]), y_train[idx])
+        for start in range(0, len(order), self.batch):
+            idx = torch.from_numpy(order[start : start + self.batch])
+            self.opt.zero_grad()
+            loss = self.loss_fn(self.model(self.x_train[idx]), self.y_train[idx])
             loss.backward()
-            opt.step()
-        times.append(time.perf_counter() - t0)
-    model.eval()
-    with torch.no_grad():
-        probs = torch.sigmoid(
-            torch.cat([model(x_test[i : i + 256]) for i in range(0, len(x_test), 256)])
-        )
-    metrics = compute_metrics("binary", splits.test.targets, probs.numpy(), splits.labels.labels)
-    return Result(
-        "plain",
-        samples_per_s=len(x_train) * epochs / sum(times),
-        epoch_s=float(np.mean(times)),
-        test_accuracy=float(metrics["accuracy"]),
-        test_macro_f1=float(metrics["macro_f1"]),
-    )
+            self.opt.step()
+        return time.perf_counter() - t0
+
+    def test_metrics(self) -> dict[str, float]:
+        self.model.eval()
+        x = self.x_test
+        with torch.no_grad():
+            logits = torch.cat([self.model(x[i : i + 256]) for i in range(0, len(x), 256)])
+        assert self.splits.test is not None
+        probs = torch.sigmoid(logits).numpy()
+        labels = self.splits.labels.labels
+        return compute_metrics("binary", self.splits.test.targets, probs, labels)
 
 
 def main() -> None:
@@ -143,11 +155,28 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     config_path = Path(args.config)
     with tempfile.TemporaryDirectory() as tmp:
-        results = [
-            run_plain(config_path, args.epochs),
-            run_modelyard("fixed", config_path, args.epochs, False, Path(tmp)),
-            run_modelyard("bucketed", config_path, args.epochs, True, Path(tmp)),
+        variants: list[PlainVariant | ModelyardVariant] = [
+            PlainVariant(config_path),
+            ModelyardVariant("fixed", config_path, args.epochs, False, Path(tmp)),
+            ModelyardVariant("bucketed", config_path, args.epochs, True, Path(tmp)),
         ]
+        seconds: dict[str, list[float]] = {v.name: [] for v in variants}
+        for epoch in range(args.epochs):  # interleaved, so machine noise hits every variant
+            for v in variants:
+                seconds[v.name].append(v.epoch(epoch))
+        results = []
+        for v in variants:
+            metrics = v.test_metrics()
+            total = sum(seconds[v.name])
+            results.append(
+                Result(
+                    v.name,
+                    samples_per_s=v.samples * args.epochs / total,
+                    epoch_s=total / args.epochs,
+                    test_accuracy=float(metrics.get("accuracy", float("nan"))),
+                    test_macro_f1=float(metrics.get("macro_f1", float("nan"))),
+                )
+            )
     ref = results[0]
     print(f"\nseed recipe, {args.epochs} epochs, torch threads {torch.get_num_threads()}")
     head = ("variant", "samples/s", "s/epoch", "vs plain", "test acc", "macro-F1")
