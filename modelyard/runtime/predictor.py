@@ -82,34 +82,35 @@ def to_predictions(
     Returns:
         One :class:`Prediction` per row.
     """
-    preds: list[Prediction] = []
     rows = np.asarray(scores, dtype=np.float32)
     if rows.ndim == 1:  # (N,) from a binary or regression caller: one output per row
         rows = rows[:, None]
-    for row in rows:
-        if task == "regression":
-            preds.append(Prediction(label=None, score=float(row[0])))
-            continue
-        if task == "binary":
-            p = float(row[0])
-            probs = np.array([1.0 - p, p])
-            top = 1 if p >= threshold else 0
-        else:
-            probs = row.astype(np.float64)
-            top = int(np.argmax(probs))
-        ranked = np.argsort(-probs, kind="stable")[:top_k]
-        chosen = None
-        if task == "multilabel":
-            chosen = [labels[i] for i in range(len(labels)) if probs[i] >= threshold]
-        preds.append(
-            Prediction(
-                label=labels[top],
-                score=float(probs[top]),
-                scores={labels[i]: float(probs[i]) for i in ranked},
-                labels=chosen,
-            )
+    if task == "regression":
+        return [Prediction(label=None, score=v) for v in rows[:, 0].astype(np.float64).tolist()]
+    # Whole-matrix numpy, then plain Python lists: no per-row numpy calls (the server runs this
+    # for every batch, holding the GIL the event loop needs).
+    if task == "binary":
+        p = rows[:, :1].astype(np.float64)
+        probs = np.concatenate([1.0 - p, p], axis=1)
+        tops = (p[:, 0] >= threshold).astype(np.intp)
+    else:
+        probs = rows.astype(np.float64)
+        tops = np.argmax(probs, axis=1)
+    ranked = np.argsort(-probs, axis=1, kind="stable")[:, :top_k].tolist()
+    values = probs.tolist()
+    chosen: list[list[str] | None] = [None] * len(values)
+    if task == "multilabel":
+        hits = (probs >= threshold).tolist()
+        chosen = [[labels[i] for i, hit in enumerate(row) if hit] for row in hits]
+    return [
+        Prediction(
+            label=labels[top],
+            score=row[top],
+            scores={labels[i]: row[i] for i in order},
+            labels=picked,
         )
-    return preds
+        for top, row, order, picked in zip(tops.tolist(), values, ranked, chosen, strict=True)
+    ]
 
 
 class Predictor:

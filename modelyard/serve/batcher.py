@@ -93,6 +93,10 @@ class DynamicBatcher(Generic[T, R]):
         self._queued_items = 0
         self._in_flight = 0
         self._wakeup = asyncio.Event()
+        # The collector wants a wakeup for every new request only while it has nothing to send;
+        # while a batch collects, only a full batch (or the worker finishing) wakes it, so a
+        # request costs no collector round trip (event, timer, task step) of its own.
+        self._want_any = True
         self._closing = False
         self._abandon = False
         self._collector: asyncio.Task[None] | None = None
@@ -172,7 +176,8 @@ class DynamicBatcher(Generic[T, R]):
         future: asyncio.Future[list[R]] = loop.create_future()
         self._queue.append(_Pending(items, future))
         self._queued_items += n
-        self._wakeup.set()
+        if self._want_any or self._queued_items >= self.max_batch_size:
+            self._wakeup.set()
         if timeout is None:
             return await future
         # call_later is much cheaper than asyncio.wait_for; an expired future is skipped by the
@@ -221,8 +226,10 @@ class DynamicBatcher(Generic[T, R]):
             if not batch:
                 if self._closing:
                     return
+                self._want_any = True
                 await self._wait(None)
                 continue
+            self._want_any = False
             deadline = loop.time() + self.max_delay_s
             while size < self.max_batch_size:
                 before = size
