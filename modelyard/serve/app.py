@@ -31,6 +31,7 @@ from modelyard.serve.protocol import (
     BINARY_HEADER,
     LABEL_OUTPUT,
     SCORES_OUTPUT,
+    EncodedResponse,
     Limits,
     ProtocolError,
     encode_infer_response,
@@ -44,6 +45,7 @@ from modelyard.serve.repository import (
     ModelNotFoundError,
     ModelRepository,
     ModelVersion,
+    TextResult,
     default_loader,
 )
 
@@ -87,6 +89,8 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ProtocolError(400, "Content-Length is not an integer") from None
         if size > limit:
             raise ProtocolError(413, f"request body too large: {size} bytes (at most {limit})")
+        # The server delivers exactly Content-Length bytes: read them in one go.
+        return await request.body()
     chunks: list[bytes] = []
     total = 0
     async for chunk in request.stream():
@@ -140,14 +144,19 @@ async def _predict(state: ServerState, request: Request, served: _Served) -> Res
     mv = _lookup(state, request, served)
     body = await read_body(request, state.settings.max_body_bytes)
     texts = parse_predict(body, state.limits)
-    results = await mv.batcher.submit(texts, state.settings.timeout_s)
-    return _json(
-        {
-            "model": mv.name,
-            "version": mv.version,
-            "predictions": [r.prediction.to_dict() for r in results],
-        }
-    )
+    name, version = mv.name, mv.version
+
+    def encode(results: list[TextResult]) -> bytes:  # runs in the batch's worker thread
+        return orjson.dumps(
+            {
+                "model": name,
+                "version": version,
+                "predictions": [r.prediction.to_dict() for r in results],
+            }
+        )
+
+    body = await mv.batcher.submit_with(texts, encode, state.settings.timeout_s)
+    return Response(body, media_type=JSON)
 
 
 async def _list_models(state: ServerState, request: Request, served: _Served) -> Response:
@@ -211,19 +220,19 @@ async def _infer(state: ServerState, request: Request, served: _Served) -> Respo
         header_length=request.headers.get(BINARY_HEADER),
         outputs=_outputs(mv),
     )
-    results = await mv.batcher.submit(req.texts, state.settings.timeout_s)
-    if results:
-        scores = np.stack([r.scores for r in results]).astype(np.float32, copy=False)
-    else:
-        scores = np.zeros((0, mv.num_scores), dtype=np.float32)
-    labels = [r.prediction.label or "" for r in results]
-    encoded = encode_infer_response(
-        model_name=mv.name,
-        model_version=str(mv.version),
-        request=req,
-        scores=scores,
-        labels=labels,
-    )
+    name, version, num_scores = mv.name, str(mv.version), mv.num_scores
+
+    def encode(results: list[TextResult]) -> EncodedResponse:  # runs in the worker thread
+        if results:
+            scores = np.stack([r.scores for r in results]).astype(np.float32, copy=False)
+        else:
+            scores = np.zeros((0, num_scores), dtype=np.float32)
+        labels = [r.prediction.label or "" for r in results]
+        return encode_infer_response(
+            model_name=name, model_version=version, request=req, scores=scores, labels=labels
+        )
+
+    encoded = await mv.batcher.submit_with(req.texts, encode, state.settings.timeout_s)
     return Response(encoded.body, headers=encoded.headers, media_type=encoded.media_type)
 
 
@@ -281,15 +290,18 @@ def create_app(
     state = ServerState(repository, settings, metrics)
 
     def route(path: str, endpoint: str, handler: Any, method: str) -> Route:
-        async def bound(request: Request, served: _Served) -> Response:
-            result: Response = await handler(state, request, served)
-            return result
-
+        bound: Handler = functools.partial(handler, state)  # no extra coroutine per request
         return Route(path, _route(state, endpoint, bound), methods=[method])
 
     model = "/v2/models/{name}"
     version = "/v2/models/{name}/versions/{version}"
+    # Starlette tries routes in order (a regex each) and the paths are disjoint, so the hot
+    # inference routes go first.
     routes = [
+        route("/v1/models/{name}/predict", "predict", _predict, "POST"),
+        route(model + "/infer", "infer", _infer, "POST"),
+        route("/v1/models/{name}/versions/{version}/predict", "predict", _predict, "POST"),
+        route(version + "/infer", "infer", _infer, "POST"),
         route("/v2/health/live", "live", _live, "GET"),
         route("/v2/health/ready", "ready", _ready, "GET"),
         route("/v2", "server_metadata", _server_metadata, "GET"),
@@ -297,11 +309,7 @@ def create_app(
         route(version, "model_metadata", _model_metadata, "GET"),
         route(model + "/ready", "model_ready", _model_ready, "GET"),
         route(version + "/ready", "model_ready", _model_ready, "GET"),
-        route(model + "/infer", "infer", _infer, "POST"),
-        route(version + "/infer", "infer", _infer, "POST"),
         route("/v1/models", "list_models", _list_models, "GET"),
-        route("/v1/models/{name}/predict", "predict", _predict, "POST"),
-        route("/v1/models/{name}/versions/{version}/predict", "predict", _predict, "POST"),
         route("/metrics", "metrics", _metrics, "GET"),
     ]
 

@@ -14,15 +14,17 @@ memory without end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 T = TypeVar("T")
 R = TypeVar("R")
+S = TypeVar("S")
 
 # One batch runs while the next one is closed and waiting; more would only add latency.
 _MAX_IN_FLIGHT = 2
@@ -54,7 +56,10 @@ class BatchInfo:
 @dataclass
 class _Pending(Generic[R]):
     items: Sequence[Any]
-    future: asyncio.Future[list[R]]
+    future: asyncio.Future[Any]
+    # Runs in the worker thread on this request's results (e.g. to encode its response body);
+    # its return value is the request's answer. ``None``: the answer is the list of results.
+    finish: Callable[[list[R]], Any] | None = None
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -68,7 +73,8 @@ class DynamicBatcher(Generic[T, R]):
         max_delay_ms: how long a batch may keep collecting while the worker is busy.
         max_queue: items that may wait; more raises :class:`QueueFullError`.
         name: used for the worker thread's name.
-        on_batch: called on the event loop after every batch (metrics).
+        on_batch: called in the worker thread after every batch, before its requests are
+            answered (metrics; must be thread-safe and must not touch the event loop).
     """
 
     def __init__(
@@ -100,7 +106,8 @@ class DynamicBatcher(Generic[T, R]):
         self._closing = False
         self._abandon = False
         self._collector: asyncio.Task[None] | None = None
-        self._batch_tasks: set[asyncio.Task[None]] = set()
+        # One loop future per batch handed to the worker, resolved when its answers are in.
+        self._batch_done: set[asyncio.Future[None]] = set()
         self._executor: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -128,8 +135,8 @@ class DynamicBatcher(Generic[T, R]):
         self._wakeup.set()
         if self._collector is not None:
             await self._collector
-        while self._batch_tasks:
-            await asyncio.gather(*list(self._batch_tasks), return_exceptions=True)
+        while self._batch_done:
+            await asyncio.gather(*list(self._batch_done), return_exceptions=True)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -163,30 +170,66 @@ class DynamicBatcher(Generic[T, R]):
             QueueFullError: no room in the queue. BatcherClosedError: stopping.
             RequestTimeoutError: not answered within ``timeout``. Any exception of the batch.
         """
+        if not items:
+            self._check_open()
+            return []
+        future = self._enqueue(items, None)
+        if timeout is None:
+            return cast("list[R]", await future)
+        # call_later is much cheaper than asyncio.wait_for; an expired future is skipped by the
+        # collector, so a timed-out request never takes a place in a batch.
+        handle = future.get_loop().call_later(timeout, _expire, future, timeout)
+        try:
+            return cast("list[R]", await future)
+        finally:
+            handle.cancel()
+
+    async def submit_with(
+        self,
+        items: Sequence[T],
+        finish: Callable[[list[R]], S],
+        timeout: float | None = None,
+    ) -> S:
+        """Like :meth:`submit`, but ``finish`` turns the results into the answer in the worker.
+
+        ``finish`` runs in the worker thread right after the request's batch (so per-request
+        work such as encoding a response body stays off the event loop); a failure in it fails
+        only this request. For an empty request it runs here, at once.
+
+        Returns:
+            What ``finish`` returned for the request's results.
+        """
+        if not items:
+            self._check_open()
+            return finish([])
+        future = self._enqueue(items, finish)
+        if timeout is None:
+            return cast(S, await future)
+        handle = future.get_loop().call_later(timeout, _expire, future, timeout)
+        try:
+            return cast(S, await future)
+        finally:
+            handle.cancel()
+
+    def _check_open(self) -> None:
         if self._closing or self._collector is None:
             raise BatcherClosedError(f"{self.name} is not accepting requests")
+
+    def _enqueue(
+        self, items: Sequence[T], finish: Callable[[list[R]], Any] | None
+    ) -> asyncio.Future[Any]:
+        self._check_open()
         n = len(items)
-        if n == 0:
-            return []
         if self._queued_items + n > self.max_queue:
             raise QueueFullError(
                 f"queue of {self.name} is full ({self._queued_items} of {self.max_queue} texts)"
             )
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[R]] = loop.create_future()
-        self._queue.append(_Pending(items, future))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(items, future, finish))
         self._queued_items += n
         if self._want_any or self._queued_items >= self.max_batch_size:
             self._wakeup.set()
-        if timeout is None:
-            return await future
-        # call_later is much cheaper than asyncio.wait_for; an expired future is skipped by the
-        # collector, so a timed-out request never takes a place in a batch.
-        handle = loop.call_later(timeout, _expire, future, timeout)
-        try:
-            return await future
-        finally:
-            handle.cancel()
+        return future
 
     # ----------------------------------------------------------------------------- collector
     def _take(self, batch: list[_Pending[R]], size: int) -> int:
@@ -257,39 +300,91 @@ class DynamicBatcher(Generic[T, R]):
             if not batch:
                 continue
             size = sum(len(pending.items) for pending in batch)
-            self._in_flight += 1
-            task = loop.create_task(self._execute(batch, size))
-            self._batch_tasks.add(task)
-            task.add_done_callback(self._batch_tasks.discard)
+            self._dispatch(loop, batch, size)
 
-    async def _execute(self, batch: list[_Pending[R]], size: int) -> None:
-        loop = asyncio.get_running_loop()
+    def _dispatch(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending[R]], size: int
+    ) -> None:
+        """Hand a closed batch to the worker thread; its answers come back in one loop callback."""
+        assert self._executor is not None
+        done: asyncio.Future[None] = loop.create_future()
+        self._batch_done.add(done)
+        self._in_flight += 1
+        try:
+            self._executor.submit(self._work, loop, batch, size, done)
+        except BaseException as exc:  # the executor is shut down: answer the batch now
+            self._complete(batch, None, exc, done)
+
+    def _work(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[_Pending[R]],
+        size: int,
+        done: asyncio.Future[None],
+    ) -> None:
+        """Worker thread: run the batch, finish every request, record metrics, then wake the
+        loop once (``call_soon_threadsafe``) to resolve all of the batch's futures."""
         started = time.perf_counter()
-        items: list[T] = [item for pending in batch for item in pending.items]
-        ok = False
+        answers: list[tuple[bool, Any]] | None = None
+        error: BaseException | None = None
         inference_s = 0.0
         try:
-            assert self._executor is not None
-            results, inference_s = await loop.run_in_executor(self._executor, self._call, items)
+            items: list[T] = [item for pending in batch for item in pending.items]
+            results, inference_s = self._call(items)
             if len(results) != len(items):
                 raise RuntimeError(
                     f"batch function returned {len(results)} results for {len(items)} items"
                 )
+            answers = []
             offset = 0
             for pending in batch:
                 n = len(pending.items)
-                if not pending.future.done():
-                    pending.future.set_result(list(results[offset : offset + n]))
+                chunk = list(results[offset : offset + n])
                 offset += n
-            ok = True
+                if pending.finish is None:
+                    answers.append((True, chunk))
+                elif pending.future.done():  # timed out or left meanwhile: nothing to encode
+                    answers.append((True, None))
+                else:
+                    try:
+                        answers.append((True, pending.finish(chunk)))
+                    except Exception as exc:  # only this request fails
+                        answers.append((False, exc))
         except Exception as exc:  # a failure answers every request of the batch
-            _fail(batch, exc)
+            error = exc
+            answers = None
+        if self._on_batch is not None:
+            queue_s = [started - pending.enqueued for pending in batch]
+            with contextlib.suppress(Exception):  # metrics never keep a batch from its answer
+                self._on_batch(BatchInfo(size, len(batch), queue_s, inference_s, error is None))
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(self._complete, batch, answers, error, done)
+
+    def _complete(
+        self,
+        batch: list[_Pending[R]],
+        answers: list[tuple[bool, Any]] | None,
+        error: BaseException | None,
+        done: asyncio.Future[None],
+    ) -> None:
+        """Event loop: resolve every future of a finished batch (one callback per batch)."""
+        try:
+            if answers is None:
+                _fail(batch, error or RuntimeError("batch failed"))
+            else:
+                for pending, (ok, value) in zip(batch, answers, strict=True):
+                    future = pending.future
+                    if not future.done():
+                        if ok:
+                            future.set_result(value)
+                        else:
+                            future.set_exception(value)
         finally:
             self._in_flight -= 1
             self._wakeup.set()
-        if self._on_batch is not None:
-            queue_s = [started - pending.enqueued for pending in batch]
-            self._on_batch(BatchInfo(size, len(batch), queue_s, inference_s, ok))
+            self._batch_done.discard(done)
+            if not done.done():
+                done.set_result(None)
 
     def _call(self, items: list[T]) -> tuple[list[R], float]:
         t0 = time.perf_counter()

@@ -84,6 +84,8 @@ class ServerMetrics:
         # labels() takes a lock and a dict lookup; cache the children on the hot path
         self._request_children: dict[tuple[str, str, str, str], Counter] = {}
         self._latency_children: dict[tuple[str, str], Histogram] = {}
+        # per model: (batch size, inference time, queue time) children
+        self._batch_children: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
 
     def observe_request(
         self, endpoint: str, model: str, version: str, status: int, seconds: float
@@ -101,10 +103,20 @@ class ServerMetrics:
         hist.observe(seconds)
 
     def observe_batch(self, model: str, version: int, info: BatchInfo) -> None:
-        """Record one batch: its size, its inference time and each request's queue time."""
-        self.batch_size.labels(model).observe(info.size)
-        self.inference_time.labels(model).observe(info.inference_s)
-        queue_time = self.queue_time.labels(model)
+        """Record one batch: its size, its inference time and each request's queue time.
+
+        Called in the batcher's worker thread (prometheus_client is thread-safe).
+        """
+        children = self._batch_children.get(model)
+        if children is None:
+            children = self._batch_children[model] = (
+                self.batch_size.labels(model),
+                self.inference_time.labels(model),
+                self.queue_time.labels(model),
+            )
+        batch_size, inference_time, queue_time = children
+        batch_size.observe(info.size)
+        inference_time.observe(info.inference_s)
         for seconds in info.queue_s:
             queue_time.observe(seconds)
 
