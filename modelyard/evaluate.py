@@ -7,14 +7,13 @@ config.yaml) is scored with its torch model; bundles are the next thing to plug 
 from __future__ import annotations
 
 import json
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelyard.callable_module import make_module_callable
 from modelyard.errors import DataError, RunError
 
 if TYPE_CHECKING:
@@ -215,13 +214,4 @@ def format_report(
     return "\n".join(lines) + "\n"
 
 
-class _CallableModule(types.ModuleType):
-    """``modelyard.evaluate`` names both this module and the function: once the module is
-    imported it shadows the lazy function on the ``modelyard`` package, so calling the module
-    forwards to :func:`evaluate`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> EvalResult:
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_module_callable(__name__, evaluate)

@@ -6,11 +6,10 @@ format the torch-free runtime and server read — never pulls in torch.
 
 from __future__ import annotations
 
-import sys
 from importlib import import_module
-from types import ModuleType
 from typing import Any
 
+from modelyard.callable_module import make_module_callable
 from modelyard.export.bundle import (
     SCHEMA_VERSION,
     Bundle,
@@ -41,12 +40,8 @@ def __getattr__(name: str) -> Any:
     return getattr(import_module(module), name)
 
 
-class _ExportModule(ModuleType):
-    """Lets ``modelyard.export(run)`` work: once this package is imported, the attribute
-    ``modelyard.export`` is the package itself rather than the lazily bound function."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return __getattr__("export")(*args, **kwargs)
+def _export(*args: Any, **kwargs: Any) -> Any:
+    return __getattr__("export")(*args, **kwargs)
 
 
-sys.modules[__name__].__class__ = _ExportModule
+make_module_callable(__name__, _export)

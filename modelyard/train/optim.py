@@ -19,9 +19,8 @@ OPTIMIZERS: dict[str, Callable[[Params, OptimizerConfig], Optimizer]] = {
     "sgd": lambda p, c: torch.optim.SGD(
         p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay
     ),
-    # fused: one kernel per step instead of a dozen passes over every parameter; the dense
-    # embedding table makes Adam's update a third of a small model's step time on CPU
-    # (bench/train_throughput.py)
+    # fused: one kernel per step instead of a dozen passes over every parameter, which matters
+    # because the dense embedding table makes Adam's update a large share of a small model's step
     "adam": lambda p, c: torch.optim.Adam(
         p, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, fused=True
     ),
