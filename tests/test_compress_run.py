@@ -8,8 +8,6 @@ the fp32 bundle on 100 test texts (2 texts), and accuracy still >= 0.9.
 
 from __future__ import annotations
 
-import csv
-import random
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from test_train_loop import write_synthetic
 
 from modelyard.compress import compress
 from modelyard.config import load_config
@@ -32,20 +31,7 @@ FAST = {"latency_runs": 10, "throughput_batches": 1}
 
 
 def write_data(directory: Path, n_train: int = 240, n_test: int = 100) -> dict[str, str]:
-    rng = random.Random(0)
-    paths = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        path = directory / f"{split}.csv"
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["text", "label"])
-            for i in range(n):
-                label = "pos" if i % 2 else "neg"
-                words = [rng.choice(FILLER) for _ in range(rng.randint(3, 12))]
-                words.insert(rng.randint(0, len(words)), "good" if label == "pos" else "bad")
-                writer.writerow([" ".join(words), label])
-        paths[split] = str(path)
-    return paths
+    return write_synthetic(directory, n_train, n_test, filler=FILLER, words=(3, 12))
 
 
 def train_run(root: Path, kind: str) -> Run:

@@ -44,8 +44,15 @@ FILLER = [
 ]
 
 
-def write_synthetic(directory: Path, n_train: int = 64, n_test: int = 24) -> dict[str, str]:
-    """Binary CSVs whose label is whether the text says "good" or "bad"."""
+def write_synthetic(
+    directory: Path,
+    n_train: int = 64,
+    n_test: int = 24,
+    *,
+    filler: list[str] = FILLER,
+    words: tuple[int, int] = (2, 10),
+) -> dict[str, str]:
+    """Binary CSVs whose label is whether the text says "good" or "bad", among filler words."""
     rng = random.Random(0)
     paths = {}
     for split, n in (("train", n_train), ("test", n_test)):
@@ -55,9 +62,9 @@ def write_synthetic(directory: Path, n_train: int = 64, n_test: int = 24) -> dic
             writer.writerow(["text", "label"])
             for i in range(n):
                 label = "pos" if i % 2 else "neg"
-                words = [rng.choice(FILLER) for _ in range(rng.randint(2, 10))]
-                words.insert(rng.randint(0, len(words)), "good" if label == "pos" else "bad")
-                writer.writerow([" ".join(words), label])
+                text = [rng.choice(filler) for _ in range(rng.randint(*words))]
+                text.insert(rng.randint(0, len(text)), "good" if label == "pos" else "bad")
+                writer.writerow([" ".join(text), label])
         paths[split] = str(path)
     return paths
 
