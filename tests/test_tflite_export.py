@@ -18,6 +18,8 @@ import pytest
 pytest.importorskip("litert_torch", reason="TFLite export needs litert-torch ([mobile] extra)")
 pytest.importorskip("ai_edge_litert", reason="the LiteRT runtime needs ai-edge-litert")
 
+from test_export_onnx import BAD, FILLER, GOOD
+
 from modelyard.config import load_config
 from modelyard.errors import BundleError
 from modelyard.export import Bundle
@@ -43,9 +45,6 @@ MODELS: dict[str, dict[str, Any]] = {
         "dropout": 0.0,
     },
 }
-GOOD = ["good", "great", "lovely", "fun", "best"]
-BAD = ["bad", "awful", "boring", "dull", "worst"]
-FILLER = ["the", "film", "was", "plot", "actor", "and", "it", "music", "cast"]
 LONG = " ".join(["the good film and the awful plot"] * 4)
 
 
