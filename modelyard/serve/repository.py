@@ -135,6 +135,9 @@ class ModelRepository:
     ) -> None:
         self.root = Path(root)
         self._loader = loader or default_loader
+        # a version directory never changes once renamed into place, so its manifest's
+        # "rejected" mark is read once, not on every poll
+        self._rejected: dict[Path, bool] = {}
         self._batch_settings = dict(
             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue=max_queue
         )
@@ -209,10 +212,15 @@ class ModelRepository:
             versions = sorted(
                 int(d.name)
                 for d in model_dir.iterdir()
-                if d.name.isdigit() and (d / MANIFEST).is_file() and not is_rejected(d)
+                if d.name.isdigit() and (d / MANIFEST).is_file() and not self._is_rejected(d)
             )
             found[model_dir.name] = versions
         return found
+
+    def _is_rejected(self, version_dir: Path) -> bool:
+        if version_dir not in self._rejected:
+            self._rejected[version_dir] = is_rejected(version_dir)
+        return self._rejected[version_dir]
 
     async def refresh(self) -> bool:
         """One pass: load new versions, drop versions and models gone from disk.
