@@ -40,3 +40,15 @@ def test_all_rejected_is_a_clear_error(tmp_path: Path) -> None:
     _reject(only.path)
     with pytest.raises(BundleError, match="rejected"):
         resolve_bundle_dir(tmp_path / "m")
+
+
+def test_server_repository_never_lists_rejected_versions(tmp_path: Path) -> None:
+    from test_serve_fixtures import toy_loader, toy_repo
+
+    from modelyard.serve.repository import ModelRepository
+
+    root = toy_repo(tmp_path, {"m": [1, 2, 3]})
+    (root / "m" / "3" / "manifest.json").write_text(
+        json.dumps({"variant": {"rejected": "accuracy drop 2.0 points > 1.0"}})
+    )
+    assert ModelRepository(root, loader=toy_loader).scan() == {"m": [1, 2]}
