@@ -74,12 +74,12 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.run:
         run_dir = Path(args.run)
-        from modelyard.train import Run
+        from modelyard.training import Run
 
         config = Run.load(run_dir).config
         train_s = 0.0
     else:
-        from modelyard.train import train
+        from modelyard.training import train
 
         overrides = [*args.set, f"output_dir={work / 'runs'}", "train.progress=false"]
         config = load_config(args.config, overrides)

@@ -27,10 +27,10 @@ from seed_kinds import MODELS  # bench/ is on sys.path when this script runs
 
 import modelyard
 from modelyard.config import load_config
-from modelyard.export import export
+from modelyard.exporters import export
 from modelyard.runtime import load
 from modelyard.tokenize import encode, load_tokenizer, pad_batch, tokenizer_info
-from modelyard.train import Run, load_model
+from modelyard.training import Run, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

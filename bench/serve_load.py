@@ -5,7 +5,7 @@
 Servers (each its own process on 127.0.0.1, one uvicorn worker, the same bundle):
   (a) empty   - modelyard's HTTP stack (Starlette, uvicorn, uvloop, httptools, orjson) parsing the
                 same JSON and answering a fixed prediction: the ceiling.
-  (b) batched - ``python -m modelyard.serve`` with dynamic batching (the defaults).
+  (b) batched - ``python -m modelyard.serving`` with dynamic batching (the defaults).
   (c) nobatch - the same with ``--max-batch-size 1``.
   (d) fastapi - a plain per-request FastAPI server: pydantic body, the model run per request in
                 FastAPI's thread pool, the way most people deploy.
@@ -49,7 +49,7 @@ def run_empty_server(port: int) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from modelyard.serve.protocol import Limits, parse_predict
+    from modelyard.serving.protocol import Limits, parse_predict
 
     limits = Limits()
     answer = {"label": "pos", "score": 0.9, "scores": {"neg": 0.1, "pos": 0.9}}
@@ -117,7 +117,7 @@ def start_server(kind: str, repo: Path, model: str, port: int) -> subprocess.Pop
         cmd = [
             py,
             "-m",
-            "modelyard.serve",
+            "modelyard.serving",
             str(repo),
             "--port",
             str(port),

@@ -3,8 +3,8 @@
 Three ways to train the same model (Embedding 128 → LSTM 64 → Dense 1, Adam 1e-3, BCE, batch 32)
 on the same split and tokenizer of the shipped food reviews:
 
-- ``bucketed``: ``modelyard.train`` with length-bucketed batches padded to the batch's longest text;
-- ``fixed``:    ``modelyard.train`` with ``train.bucketing=false`` (every batch padded to 100);
+- ``bucketed``: ``modelyard.training``, length-bucketed batches padded to the longest text;
+- ``fixed``:    ``modelyard.training`` with ``train.bucketing=false`` (every batch padded to 100);
 - ``plain``:    the model written the plain (Keras) way in PyTorch: pre-padded to 100, no masking,
                 the LSTM's last time step into the head. The reference.
 
@@ -32,7 +32,7 @@ from modelyard.config import load_config
 from modelyard.data import load_splits
 from modelyard.metrics import compute_metrics
 from modelyard.tokenize import build_tokenizer, encode, pad_batch
-from modelyard.train import loop
+from modelyard.training import environment, epochs, prepare, recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,20 +62,20 @@ class ModelyardVariant:
                 "train.monitor=val_loss",
             ],
         )
-        self.settings = loop.torch_settings(config)
+        self.settings = environment.torch_settings(config)
         self.settings.__enter__()
-        self.session = loop.setup(config, overwrite=True)
+        self.session = prepare.setup(config, overwrite=True)
         self.samples = len(self.session.train.seqs)
 
     def epoch(self, epoch: int) -> float:
         t0 = time.perf_counter()
-        loop.train_epoch(self.session, epoch)
+        epochs.train_epoch(self.session, epoch)
         seconds = time.perf_counter() - t0
-        loop.end_epoch(self.session, epoch)  # validation and checkpoints: not timed
+        epochs.end_epoch(self.session, epoch)  # validation and checkpoints: not timed
         return seconds
 
     def test_metrics(self) -> dict[str, float]:
-        run = loop.finish(self.session)
+        run = recipe.finish(self.session)
         self.settings.__exit__(None, None, None)
         return dict(run.test_metrics or {})
 

@@ -14,17 +14,17 @@ __version__ = "0.1.0"
 _LAZY = {
     "Config": "modelyard.config",
     "load_config": "modelyard.config",
-    "train": "modelyard.train",
-    "Run": "modelyard.train",
-    "evaluate": "modelyard.evaluate",
-    "export": "modelyard.export",
-    "Bundle": "modelyard.export",
+    "train": "modelyard.training",
+    "Run": "modelyard.runs",
+    "evaluate": "modelyard.training.evaluation",
+    "export": "modelyard.exporters",
+    "Bundle": "modelyard.bundle",
     "load": "modelyard.runtime",
     "Predictor": "modelyard.runtime",
     "Prediction": "modelyard.runtime",
-    "serve": "modelyard.serve",
+    "serve": "modelyard.serving",
     "run_pipeline": "modelyard.pipeline",
-    "choose": "modelyard.choose",
+    "choose": "modelyard.choice",
 }
 
 __all__ = ["__version__", *_LAZY]

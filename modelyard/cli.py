@@ -19,12 +19,9 @@ from modelyard import __version__
 from modelyard.config import TASKS
 from modelyard.errors import ModelyardError, RunError
 from modelyard.logs import setup_logging
+from modelyard.runs import is_run_dir
 
 log = logging.getLogger("modelyard.cli")
-
-
-def _is_run_dir(path: Path) -> bool:
-    return (path / "run.json").is_file()
 
 
 # ------------------------------------------------------------------------------------ commands
@@ -56,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         raise RunError("give a config file, or --resume runs/NAME")
 
-    from modelyard.train import train
+    from modelyard.training import train
 
     run = train(config, resume=bool(args.resume), overwrite=args.overwrite)
     print(f"run: {run.dir}")
@@ -67,15 +64,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     path = Path(args.path)
-    if _is_run_dir(path):
-        from modelyard.evaluate import evaluate
+    if is_run_dir(path):
+        from modelyard.training.evaluation import evaluate
 
         result = evaluate(path, data=args.data)
         metrics = result.metrics
     else:
         if not args.data:
             raise RunError("evaluating a bundle needs --data FILE (a CSV/JSONL with labels)")
-        from modelyard.runtime.evaluate import evaluate_bundle
+        from modelyard.runtime.bundle_metrics import evaluate_bundle
 
         metrics = evaluate_bundle(path, args.data)
     if args.json:
@@ -86,7 +83,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from modelyard.predict import predict_file
+    from modelyard.batch_predict import predict_file
 
     summary = predict_file(
         args.path,
@@ -105,7 +102,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "tflite":
-        from modelyard.export.tflite import export_tflite
+        from modelyard.exporters.tflite import export_tflite
 
         bundle = export_tflite(
             args.run, repo=args.repo, which=args.which, quantize=args.quantize, name=args.name
@@ -113,7 +110,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         if args.quantize:
             raise RunError("--quantize applies to tflite; for ONNX use `modelyard compress`")
-        from modelyard.export import export
+        from modelyard.exporters import export
 
         bundle = export(
             args.run, format=args.format, repo=args.repo, which=args.which, name=args.name
@@ -183,7 +180,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     data.update({k: v for k, v in overrides.items() if v is not None})
     settings = ServeConfig.model_validate(data)
 
-    from modelyard.serve import serve
+    from modelyard.serving import serve
 
     serve(args.repo, settings)
     return 0

@@ -17,8 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from modelyard.bundle import Manifest
 from modelyard.errors import BundleError, DataError
-from modelyard.export.bundle import Manifest
+from modelyard.metrics import (
+    HIGHER_IS_BETTER,
+    PRIMARY_METRIC,
+    compute_metrics,
+    finite_or_none,
+    json_safe,
+)
 
 MIB = 2**20
 LATENCY_BATCH = 1
@@ -63,20 +70,16 @@ class Measurement:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (NaN metrics become ``None``: JSON has no NaN)."""
         out = asdict(self)
-        out["metrics"] = {k: _finite(v) for k, v in self.metrics.items()}
+        out["metrics"] = json_safe(dict(self.metrics))
         for key in ("score", "drop", "p50_ms", "p99_ms", "throughput", "size_mb"):
-            out[key] = _finite(out[key])
+            out[key] = finite_or_none(out[key])
         return out
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def variant_name(manifest: Manifest) -> str:
     """The variant's short name, from ``manifest.variant["name"]`` or derived from its parts.
 
-    Bundles written by :func:`modelyard.export.export` carry no name; they are ``fp32``.
+    Bundles written by :func:`modelyard.exporters.export` carry no name; they are ``fp32``.
     """
     variant = manifest.variant or {}
     name = variant.get("name")
@@ -90,8 +93,6 @@ def variant_name(manifest: Manifest) -> str:
 
 def accuracy_drop(metric: str, score: float, reference: float) -> float:
     """Points lost from ``reference`` to ``score`` (positive = worse); see :class:`Measurement`."""
-    from modelyard.metrics import HIGHER_IS_BETTER
-
     if HIGHER_IS_BETTER(metric):
         return 100.0 * (reference - score)
     if reference == 0:
@@ -101,8 +102,6 @@ def accuracy_drop(metric: str, score: float, reference: float) -> float:
 
 def rejection(metric: str, drop: float, max_drop: float) -> str | None:
     """The reason a drop rejects a variant, or ``None`` when it is within ``max_drop``."""
-    from modelyard.metrics import HIGHER_IS_BETTER
-
     if drop <= max_drop:
         return None
     if not math.isfinite(drop):
@@ -149,7 +148,6 @@ def measure_bundle(
         BundleError: the bundle is missing, corrupted, for another task, or its labels differ.
         DataError: no texts, or texts and targets of different lengths.
     """
-    from modelyard.metrics import PRIMARY_METRIC, compute_metrics
     from modelyard.runtime import load
 
     if not texts:

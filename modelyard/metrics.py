@@ -163,7 +163,7 @@ def confusion_matrix(
     return np.bincount(t * n + p, minlength=n * n).reshape(n, n).astype(np.int64)
 
 
-def format_report(reports: Sequence[ClassReport], *, digits: int = 3) -> str:
+def format_class_table(reports: Sequence[ClassReport], *, digits: int = 3) -> str:
     """Render a per-class report as an aligned text table, with macro and weighted averages.
 
     Args:
@@ -331,3 +331,20 @@ def _regression(t: np.ndarray, p: np.ndarray) -> dict[str, float]:
         "rmse": float(np.sqrt(np.mean(err**2))),
         "r2": r2,
     }
+
+
+def finite_or_none(value: object) -> object:
+    """A value JSON can hold: numpy scalars become Python numbers, NaN and infinity ``None``.
+
+    Also usable as the ``default`` hook of :func:`json.dumps` for numpy scalars.
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def json_safe(record: dict[str, object]) -> dict[str, object]:
+    """``record`` with every non-finite number (e.g. ROC AUC on one class) written as ``None``."""
+    return {k: finite_or_none(v) for k, v in record.items()}

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelyard.choose import Choice, choose
+from modelyard.choice import Choice, choose
 from modelyard.errors import ModelyardError
-from modelyard.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC
+from modelyard.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC, finite_or_none
 
 if TYPE_CHECKING:
     from modelyard.config import Config
     from modelyard.measure import Measurement
-    from modelyard.train import Run
+    from modelyard.training import Run
 
 log = logging.getLogger("modelyard.pipeline")
 
@@ -43,7 +43,7 @@ class PipelineResult:
     Attributes:
         run: the trained run.
         variants: every measured variant, the fp32 reference first.
-        choices: target name -> :class:`~modelyard.choose.Choice`.
+        choices: target name -> :class:`~modelyard.choice.Choice`.
         report_path: ``runs/NAME/report.html``.
         variants_path: ``runs/NAME/variants.json``.
         metric: the primary metric variants are scored by.
@@ -87,7 +87,7 @@ def run_pipeline(config: Config, *, overwrite: bool = False, echo: bool = True) 
         RunError: the run directory exists and ``overwrite`` is false.
         ConfigError, DataError, BundleError: from the stations.
     """
-    from modelyard.train import train
+    from modelyard.training import train
 
     task = str(config.task)
     metric = PRIMARY_METRIC[task]
@@ -124,7 +124,7 @@ def _evaluation_images(run: Run, source: str) -> dict[str, Path]:
         run.config.task in ("binary", "multiclass")
         and not (eval_dir / "confusion_matrix.png").is_file()
     ):
-        from modelyard.evaluate import evaluate
+        from modelyard.training.evaluation import evaluate
 
         evaluate(run)
     images = {}
@@ -157,7 +157,7 @@ def _onnx_variants(
     """
     cfg = config.compress
     if cfg.prune is None and cfg.clip is None and not cfg.quantize:
-        from modelyard.export.onnx import export
+        from modelyard.exporters import export
         from modelyard.measure import measure_bundle
 
         log.info("run %s: exporting fp32 ONNX", config.name)
@@ -199,20 +199,20 @@ def _tflite_variants(
     failure of the road: the ONNX targets still get their answer.
     """
     try:
-        from modelyard.export.tflite import QUANTIZERS, export_tflite
+        from modelyard.exporters.tflite import TFLITE_QUANTIZERS, export_tflite
     except ImportError as exc:
         notes.append(f"no TFLite variants: {_missing(exc)}")
         return []
     from modelyard.measure import measure_bundle
 
-    unsupported = [q for q in config.compress.quantize if q not in QUANTIZERS]
+    unsupported = [q for q in config.compress.quantize if q not in TFLITE_QUANTIZERS]
     if unsupported:
         notes.append(
             f"no TFLite {', '.join(unsupported)} variant: the LiteRT exporter supports "
-            f"{', '.join(QUANTIZERS) or 'fp32 only'}"
+            f"{', '.join(TFLITE_QUANTIZERS) or 'fp32 only'}"
         )
     measured: list[Measurement] = []
-    for mode in [None, *(q for q in config.compress.quantize if q in QUANTIZERS)]:
+    for mode in [None, *(q for q in config.compress.quantize if q in TFLITE_QUANTIZERS)]:
         label = f"tflite-{mode or 'fp32'}"
         log.info("run %s: exporting %s", config.name, label)
         try:
@@ -276,13 +276,13 @@ def _write_variants(
         "task": run.task,
         "metric": metric,
         "higher_is_better": HIGHER_IS_BETTER(metric),
-        "reference": _finite(reference),
+        "reference": finite_or_none(reference),
         "variants": [m.to_dict() for m in variants],
         "choices": {name: c.to_dict() for name, c in choices.items()},
         "notes": notes,
     }
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_finite) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(payload, indent=2, default=finite_or_none) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
 
@@ -328,15 +328,6 @@ def _write_report(
         higher_is_better=HIGHER_IS_BETTER(metric),
     )
     return write_report(content, run.dir / REPORT_FILE)
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: write null (also the ``default`` hook for numpy scalars)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 # --------------------------------------------------------------------------------------- summary

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from test_runtime_helpers import make_bundle
+from helpers.bundles import make_bundle
 
+from modelyard.bundle import latest_version, resolve_bundle_dir
 from modelyard.errors import BundleError
-from modelyard.export.bundle import latest_version, resolve_bundle_dir
 from modelyard.runtime import load
 
 pytestmark = pytest.mark.unit
@@ -43,9 +43,9 @@ def test_all_rejected_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_server_repository_never_lists_rejected_versions(tmp_path: Path) -> None:
-    from test_serve_fixtures import toy_loader, toy_repo
+    from helpers.serving import toy_loader, toy_repo
 
-    from modelyard.serve.repository import ModelRepository
+    from modelyard.serving.repository import ModelRepository
 
     root = toy_repo(tmp_path, {"m": [1, 2, 3]})
     (root / "m" / "3" / "manifest.json").write_text(

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from modelyard.choose import Choice, choose
+from modelyard.choice import Choice, choose
 from modelyard.config import TargetConfig
 from modelyard.measure import Measurement
 

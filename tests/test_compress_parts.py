@@ -10,14 +10,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers.bundles import TEXTS, make_bundle
 from onnx import TensorProto, helper, numpy_helper
-from test_runtime_helpers import TEXTS, make_bundle
 
+from modelyard.bundle import read_manifest
 from modelyard.compress import QUANTIZERS, clip_weights, compress, parse_clip, prune_model
 from modelyard.compress.clip import ClipSpec, weight_initializers
 from modelyard.config import CNNConfig, RNNConfig, TransformerConfig
 from modelyard.errors import ConfigError, DataError
-from modelyard.export.bundle import read_manifest
 from modelyard.models import build_model
 
 pytestmark = pytest.mark.unit

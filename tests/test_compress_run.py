@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from helpers.synthetic import write_synthetic
 from onnx import numpy_helper
-from test_train_loop import write_synthetic
 
+from modelyard.bundle import read_manifest
 from modelyard.compress import compress
 from modelyard.config import load_config
-from modelyard.export.bundle import read_manifest
 from modelyard.measure import Measurement
-from modelyard.train import Run, train
+from modelyard.training import Run, train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,8 +12,8 @@ import pytest
 
 from modelyard.config import load_config
 from modelyard.errors import DataError, RunError
-from modelyard.evaluate import EvalResult, evaluate
-from modelyard.train import Run, predict_texts, train
+from modelyard.training import Run, predict_texts, train
+from modelyard.training.evaluation import EvalResult, evaluate
 
 pytestmark = pytest.mark.integration
 

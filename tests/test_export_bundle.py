@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.errors import BundleError
-from modelyard.export.bundle import (
+from modelyard.bundle import (
     MANIFEST_FILE,
     SCHEMA_VERSION,
     Manifest,
@@ -24,6 +23,7 @@ from modelyard.export.bundle import (
     verify_bundle,
     write_bundle,
 )
+from modelyard.errors import BundleError
 
 pytestmark = pytest.mark.unit
 
@@ -104,7 +104,7 @@ def test_concurrent_writers_get_distinct_versions(tmp_path: Path) -> None:
 
 def test_rename_race_takes_the_next_number(tmp_path: Path, monkeypatch) -> None:
     # another exporter claims version 1 between our version pick and our rename
-    import modelyard.export.bundle as bundle_mod
+    import modelyard.bundle as bundle_mod
 
     real_next = bundle_mod.next_version
     calls = {"n": 0}

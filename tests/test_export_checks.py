@@ -7,10 +7,10 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from test_runtime_helpers import masked_mean_graph
+from helpers.bundles import masked_mean_graph
 
 from modelyard.errors import BundleError
-from modelyard.export.onnx import check_graph, check_parity
+from modelyard.exporters.onnx import check_graph, check_onnx_parity
 
 pytestmark = pytest.mark.unit
 
@@ -51,14 +51,14 @@ SEQS = [[1], [2, 3], [4, 5, 6, 7, 8, 9], [10] * 12]
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_parity_is_measured_batched_and_alone(graph, side: str) -> None:
     path, proto = graph
-    report = check_parity(MaskedMean(proto), path, SEQS, pad_id=0, side=side, atol=1e-4)
+    report = check_onnx_parity(MaskedMean(proto), path, SEQS, pad_id=0, side=side, atol=1e-4)
     assert report.ok and report.max_abs_diff < 1e-5
     assert (report.num_texts, report.batch_sizes) == (4, [4, 1])
 
 
 def test_parity_catches_a_different_graph(graph) -> None:
     path, proto = graph
-    report = check_parity(
+    report = check_onnx_parity(
         MaskedMean(proto, shift=0.01), path, SEQS, pad_id=0, side="right", atol=1e-4
     )
     assert not report.ok
@@ -95,4 +95,4 @@ def test_parity_on_an_unrunnable_graph_is_a_bundle_error(graph) -> None:
         dim.dim_value = 2
     onnx.save(proto, str(path))
     with pytest.raises(BundleError, match="cannot run the exported graph"):
-        check_parity(MaskedMean(proto), path, SEQS, pad_id=0, side="right", atol=1e-4)
+        check_onnx_parity(MaskedMean(proto), path, SEQS, pad_id=0, side="right", atol=1e-4)

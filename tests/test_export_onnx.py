@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers.synthetic import BAD, FILLER, GOOD
 
+from modelyard.batch_predict import predict_file
+from modelyard.bundle import Bundle, list_versions, sha256_file
 from modelyard.config import MODEL_KINDS, TASKS, load_config
 from modelyard.errors import BundleError
-from modelyard.export import Bundle, export
-from modelyard.export.bundle import list_versions, sha256_file
+from modelyard.exporters import export
 from modelyard.metrics import PRIMARY_METRIC
-from modelyard.predict import predict_file
 from modelyard.runtime import evaluate_bundle, load
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -47,9 +48,6 @@ MODELS: dict[str, dict[str, Any]] = {
         "dropout": 0.0,
     },
 }
-GOOD = ["good", "great", "lovely", "fun", "best"]
-BAD = ["bad", "awful", "boring", "dull", "worst"]
-FILLER = ["the", "film", "was", "plot", "actor", "and", "it", "music", "cast"]
 LONG = " ".join(["the good film and the awful plot"] * 12)
 DEFAULT_PAIRS = {
     ("lstm", "binary"),
@@ -100,7 +98,7 @@ class Runs:
 
     def get(self, kind: str, task: str) -> tuple[Any, Bundle]:
         if (kind, task) not in self.cache:
-            import modelyard.train
+            import modelyard
 
             train, test = self.data(task)
             config = load_config(
@@ -201,7 +199,7 @@ def test_predict_file_with_a_run_dir_matches_the_bundle(runs: Runs, tmp_path: Pa
 def test_parity_failure_refuses_and_leaves_nothing(
     runs: Runs, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import modelyard.export.onnx as onnx_export
+    import modelyard.exporters.onnx as onnx_export
 
     run, _ = runs.get("cnn", "multiclass")
 
@@ -210,7 +208,7 @@ def test_parity_failure_refuses_and_leaves_nothing(
 
     # the graph itself is not needed: parity is what refuses it
     monkeypatch.setattr(onnx_export, "export_graph", lambda *a, **k: a[3].write_bytes(b"x"))
-    monkeypatch.setattr(onnx_export, "check_parity", far_off)
+    monkeypatch.setattr(onnx_export, "check_onnx_parity", far_off)
     with pytest.raises(BundleError, match=r"differs from torch by 0\.5 .*parity_atol=0\.0001"):
         export(run, repo=tmp_path)
     assert list_versions(tmp_path / run.config.name) == []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_runtime_helpers import TEXTS, make_bundle
+from helpers.bundles import TEXTS, make_bundle
 
 from modelyard.errors import BundleError, DataError
 from modelyard.measure import (
@@ -102,7 +102,7 @@ def test_to_dict_has_no_nan() -> None:
 def test_variant_name_from_the_manifest(bundle_dir: Path) -> None:
     from dataclasses import replace
 
-    from modelyard.export.bundle import read_manifest
+    from modelyard.bundle import read_manifest
 
     manifest = read_manifest(bundle_dir)
     assert variant_name(manifest) == "fp32"

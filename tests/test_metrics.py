@@ -14,7 +14,7 @@ from modelyard.metrics import (
     ClassReport,
     compute_metrics,
     confusion_matrix,
-    format_report,
+    format_class_table,
     per_class_report,
     roc_auc,
 )
@@ -133,7 +133,7 @@ def test_format_report_is_aligned() -> None:
         ClassReport("great", 0.9, 0.8, 0.847, 658),
         ClassReport("other", 0.7, 0.75, 0.724, 342),
     ]
-    text = format_report(reports)
+    text = format_class_table(reports)
     lines = text.splitlines()
     assert lines[0].split() == ["label", "precision", "recall", "f1", "support"]
     assert "great" in lines[1] and "0.900" in lines[1] and lines[1].endswith("658")

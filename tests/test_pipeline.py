@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from modelyard.choose import choose
+from modelyard.choice import choose
 from modelyard.config import TargetConfig, load_config
 from modelyard.errors import BundleError
 from modelyard.measure import Measurement
@@ -110,10 +110,10 @@ def test_tflite_that_cannot_be_built_is_a_note_not_a_crash(
         calls.append(quantize)
         raise BundleError("TFLite export needs litert-torch (pip install 'modelyard[mobile]')")
 
-    fake = types.ModuleType("modelyard.export.tflite")
-    fake.QUANTIZERS = {"int8-dynamic": None}  # type: ignore[attr-defined]
+    fake = types.ModuleType("modelyard.exporters.tflite")
+    fake.TFLITE_QUANTIZERS = {"int8-dynamic": None}  # type: ignore[attr-defined]
     fake.export_tflite = no_litert  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "modelyard.export.tflite", fake)
+    monkeypatch.setitem(sys.modules, "modelyard.exporters.tflite", fake)
     raw = _config(tmp_path, targets={"mobile": {"format": "tflite"}})
     raw["compress"]["quantize"] = ["int8-dynamic", "fp16"]
     config = load_config(raw)
@@ -126,7 +126,7 @@ def test_tflite_that_cannot_be_built_is_a_note_not_a_crash(
     ]
 
     # the exporter module itself cannot be imported (e.g. ai-edge-litert missing)
-    monkeypatch.setitem(sys.modules, "modelyard.export.tflite", None)
+    monkeypatch.setitem(sys.modules, "modelyard.exporters.tflite", None)
     notes.clear()
     assert _tflite_variants(None, config, None, [], 0.9, notes) == []  # type: ignore[arg-type]
     assert len(notes) == 1 and notes[0].startswith("no TFLite variants: ")

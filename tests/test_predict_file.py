@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from test_runtime_helpers import TEXTS, make_bundle
+from helpers.bundles import TEXTS, make_bundle
 
+from modelyard.batch_predict import _predict_chunk, predict_file
 from modelyard.data import BadRow, Record
 from modelyard.errors import BundleError, DataError
-from modelyard.predict import _predict_chunk, predict_file
 from modelyard.runtime import Prediction, load
 
 pytestmark = pytest.mark.unit

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelyard.choose import choose
+from modelyard.choice import choose
 from modelyard.config import TargetConfig
 from modelyard.measure import Measurement
+from modelyard.plots import plot_confusion_matrix, plot_learning_curves
 from modelyard.report.html import ReportContent, render_report, write_report
-from modelyard.report.plots import plot_confusion_matrix, plot_learning_curves
 from modelyard.report.tradeoff import variants_plot
 
 pytestmark = pytest.mark.unit

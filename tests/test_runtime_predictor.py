@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_runtime_helpers import LABELS, TEXTS, make_bundle
+from helpers.bundles import LABELS, TEXTS, make_bundle
 
 import modelyard
 from modelyard.errors import BundleError, ConfigError
 from modelyard.runtime import Prediction, Predictor, list_versions, load
-from modelyard.runtime.predictor import activate, to_predictions
+from modelyard.runtime.predictor import apply_activation, to_predictions
 
 pytestmark = pytest.mark.unit
 
@@ -140,7 +140,7 @@ def test_corrupted_model_is_a_clear_error(tmp_path: Path) -> None:
 def test_unreadable_graph_with_matching_checksum_is_a_clear_error(tmp_path: Path) -> None:
     # a bundle whose manifest was (wrongly) rewritten to match a broken graph still fails
     # loudly at load time rather than predicting
-    from modelyard.export.bundle import MANIFEST_FILE, sha256_file
+    from modelyard.bundle import MANIFEST_FILE, sha256_file
 
     bundle = make_bundle(tmp_path, "binary")
     model = bundle.path / "model.onnx"
@@ -154,9 +154,9 @@ def test_unreadable_graph_with_matching_checksum_is_a_clear_error(tmp_path: Path
 
 def test_activations_are_stable() -> None:
     x = np.array([[-1000.0, 0.0, 1000.0]], dtype=np.float32)
-    np.testing.assert_allclose(activate(x, "sigmoid"), [[0.0, 0.5, 1.0]])
-    np.testing.assert_allclose(activate(x, "softmax"), [[0.0, 0.0, 1.0]])
-    assert not np.isnan(activate(x, "softmax")).any()
+    np.testing.assert_allclose(apply_activation(x, "sigmoid"), [[0.0, 0.5, 1.0]])
+    np.testing.assert_allclose(apply_activation(x, "softmax"), [[0.0, 0.0, 1.0]])
+    assert not np.isnan(apply_activation(x, "softmax")).any()
 
 
 def test_to_predictions_threshold_and_top_k() -> None:
@@ -180,7 +180,7 @@ def test_runtime_never_imports_torch(repo: Path) -> None:
         preds = p.predict(["a great film", "boring"])
         assert len(preds) == 2, preds
         rt.evaluate_bundle  # the evaluation entry point is importable too
-        import modelyard.export.bundle, modelyard.predict
+        import modelyard.bundle, modelyard.batch_predict
         bad = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
         assert not bad, bad
         print("ok")

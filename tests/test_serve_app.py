@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from helpers.serving import LABELS, ToyPredictor, add_toy_version, toy_loader, toy_repo
 from starlette.testclient import TestClient
-from test_serve_fixtures import LABELS, ToyPredictor, add_toy_version, toy_loader, toy_repo
 
 from modelyard.config import ServeConfig
 from modelyard.errors import ConfigError
-from modelyard.serve import create_app
-from modelyard.serve.protocol import Limits, ProtocolError, parse_infer
+from modelyard.serving import create_app
+from modelyard.serving.protocol import Limits, ProtocolError, parse_infer
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from modelyard.serve.batcher import (
+from modelyard.serving.batcher import (
     BatcherClosedError,
     BatchInfo,
     DynamicBatcher,

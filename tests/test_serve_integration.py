@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_serve_fixtures import LABELS, ServerProcess, build_real_bundle
+from helpers.serving import LABELS, ServerProcess, build_real_bundle
 
 from modelyard.runtime import load
 
@@ -41,7 +41,7 @@ def test_torch_is_not_imported_by_the_server() -> None:
     import subprocess
     import sys
 
-    code = "import sys, modelyard.serve, modelyard.serve.app; print('torch' in sys.modules)"
+    code = "import sys, modelyard.serving, modelyard.serving.app; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -18,13 +18,12 @@ import pytest
 pytest.importorskip("litert_torch", reason="TFLite export needs litert-torch ([mobile] extra)")
 pytest.importorskip("ai_edge_litert", reason="the LiteRT runtime needs ai-edge-litert")
 
-from test_export_onnx import BAD, FILLER, GOOD
+from helpers.synthetic import BAD, FILLER, GOOD
 
+from modelyard.bundle import Bundle, list_versions
 from modelyard.config import load_config
 from modelyard.errors import BundleError
-from modelyard.export import Bundle
-from modelyard.export.bundle import list_versions
-from modelyard.export.tflite import INT8_ATOL, export_tflite
+from modelyard.exporters.tflite import INT8_ATOL, export_tflite
 from modelyard.runtime import load
 from modelyard.runtime.litert import LiteRTBackend
 
@@ -74,7 +73,7 @@ class Exports:
 
     def run(self, kind: str) -> Any:
         if kind not in self.runs:
-            import modelyard.train
+            import modelyard
 
             config = load_config(
                 {
@@ -106,7 +105,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> Exports:
 
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_fp32_matches_torch_through_the_runtime(exports: Exports, kind: str) -> None:
-    from modelyard.train import predict_texts
+    from modelyard.training import predict_texts
 
     # the CNN is exported with a static batch of 2: the runtime splits and fills batches
     batch_size = 2 if kind == "cnn" else 1
@@ -178,7 +177,7 @@ def test_backend_pads_rows_and_splits_batches(exports: Exports) -> None:
 def test_refusals_leave_no_bundle(
     exports: Exports, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import modelyard.export.tflite as tflite
+    import modelyard.exporters.tflite as tflite
 
     run = exports.run("cnn")
     converted = exports.bundle("cnn", batch_size=2).path / "model.tflite"
@@ -192,7 +191,7 @@ def test_refusals_leave_no_bundle(
     monkeypatch.setattr(
         tflite, "convert", lambda model, path, **k: path.write_bytes(converted.read_bytes())
     )
-    monkeypatch.setattr(tflite, "check_parity", far_off)
+    monkeypatch.setattr(tflite, "check_litert_parity", far_off)
     with pytest.raises(BundleError, match=r"LiteRT differs from torch by 0\.5 .*tolerance 0\.0001"):
         export_tflite(run, repo=tmp_path)
     assert list_versions(tmp_path / run.config.name) == []

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -17,56 +15,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers.synthetic import write_synthetic
 from safetensors.torch import load_file
 
 import modelyard
 from modelyard.config import Config, dump_config, load_config
 from modelyard.errors import ConfigError, RunError
-from modelyard.train import Run, load_model, predict_texts, train
-from modelyard.train.checkpoint import load_state
+from modelyard.training import Run, load_model, predict_texts, train
+from modelyard.training.checkpoint import load_state
 
 pytestmark = pytest.mark.integration
-
-FILLER = [
-    "the",
-    "a",
-    "movie",
-    "film",
-    "plot",
-    "actor",
-    "story",
-    "scene",
-    "was",
-    "is",
-    "really",
-    "quite",
-    "very",
-]
-
-
-def write_synthetic(
-    directory: Path,
-    n_train: int = 64,
-    n_test: int = 24,
-    *,
-    filler: list[str] = FILLER,
-    words: tuple[int, int] = (2, 10),
-) -> dict[str, str]:
-    """Binary CSVs whose label is whether the text says "good" or "bad", among filler words."""
-    rng = random.Random(0)
-    paths = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        path = directory / f"{split}.csv"
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["text", "label"])
-            for i in range(n):
-                label = "pos" if i % 2 else "neg"
-                text = [rng.choice(filler) for _ in range(rng.randint(*words))]
-                text.insert(rng.randint(0, len(text)), "good" if label == "pos" else "bad")
-                writer.writerow([" ".join(text), label])
-        paths[split] = str(path)
-    return paths
 
 
 def tiny_config(tmp_path: Path, name: str = "tiny", **train: Any) -> Config:
@@ -206,9 +164,9 @@ CHILD = textwrap.dedent(
     """
     import sys
     from modelyard.config import load_config
-    from modelyard.train import loop
+    from modelyard.training import epochs, recipe
 
-    real_save, real_step = loop.save_checkpoint, loop.train_step
+    real_save, real_step = epochs.save_checkpoint, epochs.train_step
     after = []
 
     def save_checkpoint(session):
@@ -225,8 +183,8 @@ CHILD = textwrap.dedent(
             sys.stdin.read()
         return out
 
-    loop.save_checkpoint, loop.train_step = save_checkpoint, train_step
-    loop.train(load_config(sys.argv[1]))
+    epochs.save_checkpoint, epochs.train_step = save_checkpoint, train_step
+    recipe.train(load_config(sys.argv[1]))
     print("FINISHED", flush=True)
     """
 )

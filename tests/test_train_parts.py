@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from modelyard.atomic import atomic_write
 from modelyard.config import (
     LossConfig,
     OptimizerConfig,
@@ -21,10 +22,9 @@ from modelyard.config import (
 )
 from modelyard.errors import ConfigError, RunError
 from modelyard.models import build_model
-from modelyard.report.plots import plot_confusion_matrix, plot_learning_curves
-from modelyard.train.callbacks import BestTracker, EarlyStopping, metric_mode, resolve_monitor
-from modelyard.train.checkpoint import (
-    atomic_write,
+from modelyard.plots import plot_confusion_matrix, plot_learning_curves
+from modelyard.training.callbacks import BestTracker, EarlyStopping, metric_mode, resolve_monitor
+from modelyard.training.checkpoint import (
     load_state,
     load_weights,
     rng_state,
@@ -32,9 +32,9 @@ from modelyard.train.checkpoint import (
     save_weights,
     set_rng_state,
 )
-from modelyard.train.loop import train_step
-from modelyard.train.losses import build_loss, class_weights
-from modelyard.train.optim import (
+from modelyard.training.epochs import train_step
+from modelyard.training.losses import build_loss, class_weights
+from modelyard.training.optim import (
     OPTIMIZERS,
     SCHEDULES,
     build_optimizer,

@@ -16,7 +16,8 @@ from typing import Any
 
 from modelyard.compress.clip import ClipReport, ClipSpec, clip_weights, parse_clip
 from modelyard.compress.quantize import QUANTIZERS, CalibrationData, preprocess
-from modelyard.compress.variants import PRUNE_KINDS, compress, eval_data, is_plain_fp32
+from modelyard.compress.sources import eval_data, is_plain_fp32
+from modelyard.compress.variants import PRUNE_KINDS, compress
 from modelyard.measure import Measurement, format_table, measure_bundle
 
 _LAZY = {

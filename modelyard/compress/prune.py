@@ -364,15 +364,15 @@ def finetune(result: PruneResult, run: Any, epochs: int, *, max_steps: int | Non
 
     Args:
         result: from :func:`prune_model`; its masks are re-applied after every step.
-        run: the :class:`modelyard.train.Run` the model was trained in.
+        run: the :class:`modelyard.training.Run` the model was trained in.
         epochs: passes over the training split.
         max_steps: stop after this many optimizer steps (tests; ``None``: whole epochs).
     """
     from modelyard.data import bucket_batches, load_splits
     from modelyard.tokenize import encode, load_tokenizer, tokenizer_info
-    from modelyard.train.losses import build_loss
-    from modelyard.train.optim import build_optimizer
-    from modelyard.train.predict import to_tensors
+    from modelyard.training.inference import to_tensors
+    from modelyard.training.losses import build_loss
+    from modelyard.training.optim import build_optimizer
 
     if epochs <= 0:
         return

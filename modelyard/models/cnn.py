@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modelyard.config import CNNConfig
-from modelyard.models.common import to_right_padding
 from modelyard.models.heads import make_head
+from modelyard.models.masking import to_right_padding
 
 
 class CNNClassifier(nn.Module):

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from modelyard.config import RNNConfig
-from modelyard.models.common import (
+from modelyard.models.heads import make_head
+from modelyard.models.masking import (
     RightPadded,
     gather_position,
     gather_time,
@@ -25,7 +26,6 @@ from modelyard.models.common import (
     reverse_within_length,
     to_right_padding,
 )
-from modelyard.models.heads import make_head
 
 RNN_CELLS: dict[str, type[nn.LSTM] | type[nn.GRU]] = {"lstm": nn.LSTM, "gru": nn.GRU}
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modelyard.config import TransformerConfig
-from modelyard.models.common import masked_max, masked_mean, to_right_padding
 from modelyard.models.heads import make_head
+from modelyard.models.masking import masked_max, masked_mean, to_right_padding
 
 
 class SelfAttention(nn.Module):

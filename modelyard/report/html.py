@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from modelyard.choose import Choice
+    from modelyard.choice import Choice
     from modelyard.config import TargetConfig
     from modelyard.measure import Measurement
 
@@ -36,7 +36,7 @@ class ReportContent:
         data: what the data was, e.g. ``{"train": "data/train.csv", "test": "data/test.csv"}``.
         test_metrics: the trained model's metrics on the test data (torch), if any.
         variants: the measured variants.
-        choices: target name -> :class:`~modelyard.choose.Choice`.
+        choices: target name -> :class:`~modelyard.choice.Choice`.
         targets: target name -> its budgets (``config.targets``).
         tradeoff_png: the accuracy–latency–size plot.
         images: caption -> PNG for further figures (learning curves, confusion matrix).

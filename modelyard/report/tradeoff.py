@@ -16,10 +16,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from modelyard.report.plots import _save
+from modelyard.plots import save_figure
 
 if TYPE_CHECKING:
-    from modelyard.choose import Choice
+    from modelyard.choice import Choice
     from modelyard.measure import Measurement
 
 FORMAT_COLOURS = {"onnx": "#1f77b4", "tflite": "#ff7f0e"}
@@ -42,7 +42,7 @@ def variants_plot(
 
     Args:
         variants: the measured variants.
-        choices: target name -> :class:`~modelyard.choose.Choice`; chosen variants are ringed
+        choices: target name -> :class:`~modelyard.choice.Choice`; chosen variants are ringed
             and labelled with the names of the targets that chose them.
         path: the PNG to write.
         metric: the y axis label (the task's primary metric, e.g. ``accuracy``).
@@ -54,8 +54,8 @@ def variants_plot(
     fig = Figure(figsize=(9, 5.6))
     fig.subplots_adjust(left=0.09, right=0.97, bottom=0.11, top=0.9)
     ax = fig.add_subplot()
-    shown = [m for m in variants if _finite(m.p99_ms) and _finite(m.score)]
-    largest = max((m.size_mb for m in shown if _finite(m.size_mb)), default=1.0) or 1.0
+    shown = [m for m in variants if _is_number(m.p99_ms) and _is_number(m.score)]
+    largest = max((m.size_mb for m in shown if _is_number(m.size_mb)), default=1.0) or 1.0
     chosen_by: dict[int, list[str]] = {}
     for target, choice in choices.items():
         if choice.variant is not None:
@@ -63,7 +63,7 @@ def variants_plot(
 
     for m in shown:
         colour = REJECTED_COLOUR if m.rejected else FORMAT_COLOURS.get(m.format, "#2ca02c")
-        area = max(MIN_AREA, MAX_AREA * (m.size_mb / largest if _finite(m.size_mb) else 0.0))
+        area = max(MIN_AREA, MAX_AREA * (m.size_mb / largest if _is_number(m.size_mb) else 0.0))
         ax.scatter(
             [m.p99_ms], [m.score], s=area, c=colour, alpha=0.55, edgecolors="black", linewidths=0.6
         )
@@ -103,7 +103,7 @@ def variants_plot(
     ax.legend(handles=_legend(shown), fontsize=8, loc="best")
     if not shown:
         ax.text(0.5, 0.5, "no measured variants", ha="center", va="center", transform=ax.transAxes)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _chosen_targets(
@@ -169,5 +169,5 @@ def _handle(colour: str, label: str) -> Line2D:
     )
 
 
-def _finite(value: float) -> bool:
+def _is_number(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)

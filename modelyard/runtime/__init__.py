@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
-from modelyard.export.bundle import Bundle, Manifest, list_versions, verify_bundle
+from modelyard.bundle import Bundle, Manifest, list_versions, verify_bundle
 from modelyard.runtime.backends import BACKENDS, ONNXBackend
-from modelyard.runtime.evaluate import evaluate_bundle
+from modelyard.runtime.bundle_metrics import evaluate_bundle
 from modelyard.runtime.predictor import Prediction, Predictor, load
 
 __all__ = [

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from modelyard.bundle import Manifest, verify_bundle
 from modelyard.errors import BundleError
-from modelyard.export.bundle import Manifest, verify_bundle
 from modelyard.runtime.backends import BACKENDS, Backend, Providers
 from modelyard.tokenize import encode, pad_batch
 
@@ -47,7 +47,7 @@ class Prediction:
         return out
 
 
-def activate(logits: np.ndarray, activation: str) -> np.ndarray:
+def apply_activation(logits: np.ndarray, activation: str) -> np.ndarray:
     """Apply the bundle's activation to raw outputs (B, K), in float32."""
     x = np.asarray(logits, dtype=np.float32)
     if activation == "sigmoid":
@@ -174,7 +174,7 @@ class Predictor:
                 side=self.manifest.padding_side,
             )
             out[idx] = self.backend.run(batch.ids, batch.mask)
-        return activate(out, self.manifest.postprocess.activation)
+        return apply_activation(out, self.manifest.postprocess.activation)
 
     def postprocess(self, scores: np.ndarray) -> list[Prediction]:
         """Turn scores from :meth:`infer` into one :class:`Prediction` per row."""

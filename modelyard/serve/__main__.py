@@ -1,3 +1,0 @@
-from modelyard.serve.server import main
-
-main()

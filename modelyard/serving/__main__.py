@@ -1,0 +1,3 @@
+from modelyard.serving.server import main
+
+main()

@@ -1,0 +1,77 @@
+"""What one model version does per batch, off the event loop: encode, infer, postprocess, and the
+score rows the responses are shaped from. The repository decides *which* predictor runs; this
+module decides what running it means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from modelyard.runtime import load
+
+
+class PredictorLike(Protocol):
+    """What the server needs from a predictor (``modelyard.runtime.Predictor``)."""
+
+    name: str
+    version: int
+    task: str
+    labels: list[str]
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]: ...
+    def infer(self, seqs: Sequence[Sequence[int]]) -> np.ndarray: ...
+    def postprocess(self, scores: np.ndarray) -> Sequence[Any]: ...
+    def warmup(self) -> None: ...
+
+
+Loader = Callable[[Path], PredictorLike]
+
+
+@dataclass
+class TextResult:
+    """One text's answer from a batch: its score row (label order) and its prediction."""
+
+    scores: np.ndarray  # float32 (C,): class probabilities in label order; regression: (1,)
+    prediction: Any  # modelyard.runtime.Prediction
+
+
+def score_matrix(task: str, scores: np.ndarray) -> np.ndarray:
+    """Scores with one column per label: binary's single P(positive) becomes [1 - p, p]."""
+    if task == "binary" and scores.ndim == 2 and scores.shape[1] == 1:
+        return np.concatenate([1.0 - scores, scores], axis=1).astype(np.float32)
+    return np.asarray(scores, dtype=np.float32)
+
+
+def make_batch_fn(predictor: PredictorLike) -> Callable[[list[str]], list[TextResult]]:
+    """The function the worker thread runs per batch: encode, infer, postprocess."""
+
+    def run(texts: list[str]) -> list[TextResult]:
+        # Tokenizing here (not in the request handler) keeps the event loop free for HTTP and
+        # lets the tokenizer work on the whole batch at once.
+        raw = predictor.infer(predictor.encode(texts))
+        predictions = predictor.postprocess(raw)
+        matrix = score_matrix(predictor.task, raw)
+        return [TextResult(matrix[i], predictions[i]) for i in range(len(texts))]
+
+    return run
+
+
+def load_and_warm(loader: Loader, path: Path) -> PredictorLike:
+    predictor = loader(path)
+    predictor.warmup()
+    return predictor
+
+
+def default_loader(path: Path, intra_op_threads: int = 1) -> PredictorLike:
+    """Load one version directory with the torch-free runtime.
+
+    One ORT intra-op thread by default: each model has one worker thread feeding it whole
+    batches, and ORT's own pool spin-waits on the cores the event loop needs to parse HTTP.
+    """
+    predictor: PredictorLike = load(path, intra_op_threads=intra_op_threads, inter_op_threads=1)
+    return predictor

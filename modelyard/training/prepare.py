@@ -1,0 +1,237 @@
+"""``setup``: from a config to a :class:`Session` ready to fit (or resumed from its checkpoint).
+
+The run directory is checked against resume / overwrite, the data read, the tokenizer built (or
+read back on resume) and every split encoded once; the model is built right after seeding so its
+initial weights depend on the seed alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelyard.atomic import atomic_path, atomic_write_text
+from modelyard.config import Config, dump_config
+from modelyard.data import load_splits
+from modelyard.errors import ConfigError, RunError
+from modelyard.metrics import compute_metrics
+from modelyard.models import build_model
+from modelyard.runs import RunPaths
+from modelyard.tokenize import build_tokenizer, encode, load_tokenizer, tokenizer_info
+from modelyard.training.batches import batches_per_epoch
+from modelyard.training.callbacks import BestTracker, EarlyStopping, metric_mode, resolve_monitor
+from modelyard.training.checkpoint import restore_checkpoint
+from modelyard.training.environment import resolve_device, seed_everything
+from modelyard.training.losses import build_loss
+from modelyard.training.optim import build_optimizer, build_schedule
+from modelyard.training.state import EncodedSplit, Session, write_run_json
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from modelyard.data import DataSplits, Examples, LabelSpace
+
+log = logging.getLogger("modelyard.training")
+
+
+def prepare_run_dir(paths: RunPaths, *, resume: bool, overwrite: bool) -> None:
+    """Check what is already in the run directory against resume / overwrite.
+
+    Raises:
+        RunError: the directory holds a run and neither flag was given, or resume finds no
+            checkpoint.
+    """
+    if resume and overwrite:
+        raise RunError("pass either resume or overwrite, not both")
+    has_checkpoints = paths.checkpoints.is_dir() and any(paths.checkpoints.iterdir())
+    if resume:
+        if not paths.state.is_file():
+            raise RunError(
+                f"{paths.dir}: no checkpoint to resume from ({paths.state} is missing); "
+                "start it again without --resume"
+            )
+        return
+    if paths.dir.exists():
+        if overwrite:
+            shutil.rmtree(paths.dir)
+        elif has_checkpoints:
+            raise RunError(
+                f"{paths.dir} already holds a trained run; pass --resume to continue it or "
+                "--overwrite to start over"
+            )
+        elif paths.config.is_file() or paths.run_json.is_file() or paths.checkpoints.is_dir():
+            shutil.rmtree(paths.dir)  # a run that died before its first checkpoint: nothing to keep
+        elif any(paths.dir.iterdir()):
+            raise RunError(
+                f"{paths.dir} exists and is not a run directory; pick another name or output_dir, "
+                "or pass --overwrite"
+            )
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+
+
+def _load_or_build_tokenizer(
+    config: Config, paths: RunPaths, splits: DataSplits, resume: bool
+) -> Tokenizer:
+    if resume and paths.tokenizer.is_file():
+        return load_tokenizer(paths.tokenizer)
+    tok = build_tokenizer(config.tokenizer, config.data.clean, splits.train.texts)
+    with atomic_path(paths.tokenizer) as tmp:
+        tok.save(str(tmp))
+    return tok
+
+
+def _available_monitors(config: Config, labels: LabelSpace, validation: EncodedSplit) -> list[str]:
+    """The record keys a monitor may name, learnt from metrics on placeholder scores."""
+    n, k = len(validation), labels.num_outputs
+    scores: np.ndarray
+    if config.task == "multiclass":
+        scores = np.full((n, k), 1.0 / k, dtype=np.float32)
+    elif config.task == "multilabel":
+        scores = np.full((n, k), 0.5, dtype=np.float32)
+    else:
+        scores = np.full(n, 0.5, dtype=np.float32)
+    names = compute_metrics(config.task, validation.targets, scores, list(labels.labels))
+    return ["val_loss", *(f"val_{name}" for name in names)]
+
+
+def _check_tensorboard(config: Config) -> None:
+    if not config.train.tensorboard:
+        return
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            "train.tensorboard is on, but the tensorboard package is not installed; "
+            "install it with `pip install tensorboard` or set train.tensorboard=false"
+        ) from exc
+
+
+def _tensorboard_writer(config: Config, paths: RunPaths) -> Any:
+    if not config.train.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(paths.tensorboard))
+
+
+def setup(config: Config, *, resume: bool = False, overwrite: bool = False) -> Session:
+    """Prepare a run: directory, data, tokenizer, encoded splits, model, optimizer, schedule.
+
+    With ``resume`` the model, optimizer, schedule, counters and RNG states come from the last
+    checkpoint instead.
+
+    Args:
+        config: the resolved config.
+        resume: continue the run in ``config.run_dir`` from its last checkpoint.
+        overwrite: delete an existing run in ``config.run_dir`` first.
+
+    Returns:
+        A :class:`Session` ready for :func:`fit`.
+
+    Raises:
+        RunError: the run directory already holds a run (and neither flag was given), or
+            there is nothing to resume.
+        ConfigError: a setting cannot work (unknown monitor, missing GPU, loss/task mismatch).
+    """
+    paths = RunPaths(config.run_dir)
+    tcfg = config.train
+    device = resolve_device(tcfg.device)
+    _check_tensorboard(config)
+    prepare_run_dir(paths, resume=resume, overwrite=overwrite)
+    if resume and paths.config.is_file():
+        saved = paths.config.read_text(encoding="utf-8")
+        if saved != dump_config(config):
+            log.warning("resuming %s with a config that differs from its config.yaml", paths.dir)
+    atomic_write_text(paths.config, dump_config(config))
+
+    splits = load_splits(config)
+    tok = _load_or_build_tokenizer(config, paths, splits, resume)
+    info = tokenizer_info(tok)
+    train_split = encode_split(tok, splits.train)
+    validation = encode_split(tok, splits.validation)
+    if len(validation) == 0:
+        raise ConfigError(
+            "training needs validation data (for val_loss, the best checkpoint and early "
+            "stopping): set data.validation or data.validation_split > 0"
+        )
+
+    monitors = _available_monitors(config, splits.labels, validation)
+    monitor = resolve_monitor(tcfg.monitor, monitors, "train.monitor")
+    best = BestTracker(monitor, metric_mode(monitor))
+    early = None
+    if tcfg.early_stopping is not None:
+        es = tcfg.early_stopping
+        es_monitor = resolve_monitor(es.monitor, monitors, "train.early_stopping.monitor")
+        mode = metric_mode(es_monitor) if es.mode == "auto" else es.mode
+        early = EarlyStopping(BestTracker(es_monitor, mode, es.min_delta), es.patience)
+    schedule_cfg = tcfg.schedule
+    if schedule_cfg.name == "plateau":
+        plateau_monitor = resolve_monitor(schedule_cfg.monitor, monitors, "train.schedule.monitor")
+        schedule_cfg = schedule_cfg.model_copy(update={"monitor": plateau_monitor})
+
+    # the model is built right after seeding so its initial weights depend on the seed alone
+    seed_everything(config.seed)
+    max_length = int(config.tokenizer.max_length)
+    model = build_model(
+        config.model,
+        task=config.task,
+        vocab_size=int(info.vocab_size),
+        num_outputs=splits.labels.num_outputs,
+        max_length=max_length,
+        pad_id=int(info.pad_id),
+    ).to(device)
+    loss_fn = build_loss(tcfg.loss, config.task, train_split.targets, splits.labels.num_outputs).to(
+        device
+    )
+    optimizer = build_optimizer(model.parameters(), tcfg.optimizer)
+    n_batches = batches_per_epoch(config, train_split.lengths)
+    steps_per_epoch = math.ceil(n_batches / tcfg.grad_accum_steps)
+    schedule = build_schedule(
+        optimizer,
+        schedule_cfg,
+        total_steps=steps_per_epoch * tcfg.epochs,
+        monitor_mode=metric_mode(schedule_cfg.monitor),
+    )
+    session = Session(
+        config=config,
+        paths=paths,
+        labels=splits.labels,
+        tokenizer=tok,
+        pad_id=int(info.pad_id),
+        padding_side=str(info.padding_side),
+        max_length=max_length,
+        train=train_split,
+        validation=validation,
+        test=splits.test,
+        model=model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        schedule=schedule,
+        device=device,
+        best=best,
+        early_stopping=early,
+    )
+    if resume:
+        restore_checkpoint(session)
+    write_run_json(session, "running")
+    session.writer = _tensorboard_writer(config, paths)
+    log.info(
+        "run %s: %d train / %d validation texts, vocab %d, %d parameters, device %s",
+        paths.dir,
+        len(train_split),
+        len(validation),
+        info.vocab_size,
+        sum(p.numel() for p in model.parameters()),
+        device,
+    )
+    return session
+
+
+def encode_split(tok: Tokenizer, examples: Examples) -> EncodedSplit:
+    seqs = encode(tok, examples.texts)
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    return EncodedSplit(seqs, lengths, np.asarray(examples.targets), examples.source)

@@ -1,0 +1,93 @@
+"""``train(config) -> Run``: ``setup`` → ``fit`` → ``finish``, each an importable step.
+
+Reproducibility: the batch order of epoch ``e`` depends only on ``(seed, e)``; the model is built
+right after seeding python/numpy/torch; a checkpoint stores every RNG state, the optimizer and
+schedule, and how many batches of the current epoch are done, so a resumed run skips exactly those
+batches and ends with the same weights as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from modelyard.config import Config
+from modelyard.plots import plot_learning_curves
+from modelyard.runs import Run
+from modelyard.training.environment import torch_settings
+from modelyard.training.epochs import fit
+from modelyard.training.evaluation import evaluate_examples
+from modelyard.training.prepare import setup
+from modelyard.training.state import Session, write_run_json
+
+log = logging.getLogger("modelyard.training")
+
+
+def finish(session: Session) -> Run:
+    """Mark the run complete, draw the learning curves, evaluate the best checkpoint on the test
+    file when one is configured.
+
+    Returns:
+        The :class:`Run`, read back from disk.
+    """
+    paths = session.paths
+    write_run_json(session, "completed")
+    run = Run.load(paths.dir)
+    if session.test is None and run.history:
+        # with a test file, evaluate_examples draws the curves beside the test metrics
+        plot_learning_curves(
+            run.history, paths.eval_dir / "learning_curves.png", title=paths.dir.name
+        )
+    if session.test is not None:
+        result = evaluate_examples(
+            run,
+            session.test.texts,
+            session.test.targets,
+            source=session.test.source,
+            out_dir=paths.eval_dir,
+        )
+        log.info("test (%s): %s", session.test.source, _metrics_line(result.metrics))
+        run.test_metrics = result.metrics
+    return run
+
+
+def _metrics_line(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def close(session: Session) -> None:
+    """Release what the session holds open (the TensorBoard writer)."""
+    if session.writer is not None:
+        session.writer.close()
+        session.writer = None
+
+
+def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> Run:
+    """Train a model as the config says and write the run directory ``config.run_dir``.
+
+    Args:
+        config: the resolved config (:func:`modelyard.config.load_config`).
+        resume: continue from the run's last checkpoint (pass the run's saved config); ends with
+            the same weights as an uninterrupted run.
+        overwrite: delete an existing run of the same name first.
+
+    Returns:
+        The finished :class:`Run`.
+
+    Raises:
+        RunError: the run directory already holds a run and neither flag was given; nothing to
+            resume; the loss diverged.
+        ConfigError, DataError: from the config and the data files.
+    """
+    with torch_settings(config):
+        session = setup(config, resume=resume, overwrite=overwrite)
+        try:
+            fit(session)
+        except KeyboardInterrupt:
+            write_run_json(session, "interrupted")
+            raise
+        except Exception:
+            write_run_json(session, "failed")
+            raise
+        finally:
+            close(session)
+        return finish(session)
