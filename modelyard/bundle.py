@@ -25,9 +25,16 @@ from typing import Any, Literal
 
 from modelyard.config import TASKS
 from modelyard.errors import BundleError
+from modelyard.versions import (
+    MANIFEST_FILE,
+    VersionRef,
+    locked,
+    next_version,
+    record_new_version,
+    resolve_version,
+)
 
 SCHEMA_VERSION = 1
-MANIFEST_FILE = "manifest.json"
 ACTIVATIONS: dict[str, str] = {
     "binary": "sigmoid",
     "multiclass": "softmax",
@@ -178,40 +185,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def list_versions(model_dir: str | Path) -> list[int]:
-    """The integer versions under ``model_dir`` (``REPO/NAME``), ascending; [] when none."""
-    root = Path(model_dir)
-    if not root.is_dir():
-        return []
-    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def is_rejected(bundle_dir: str | Path) -> bool:
-    """Whether ``modelyard compress`` marked this version rejected (it lost too much accuracy).
-
-    Rejected variants stay on disk for inspection but are never the default version.
-    """
-    try:
-        data = json.loads((Path(bundle_dir) / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    variant = data.get("variant") if isinstance(data, dict) else None
-    return bool(isinstance(variant, dict) and variant.get("rejected"))
-
-
-def latest_version(model_dir: str | Path) -> int | None:
-    """The version served by default: the highest one not marked rejected; None when none."""
-    root = Path(model_dir)
-    return next((v for v in reversed(list_versions(root)) if not is_rejected(root / str(v))), None)
-
-
-def resolve_bundle_dir(path: str | Path, version: int | None = None) -> Path:
+def resolve_bundle_dir(path: str | Path, version: VersionRef | None = None) -> Path:
     """Find the version directory for ``path``.
 
     Args:
         path: ``REPO/NAME`` (a model with versions) or ``REPO/NAME/VERSION`` (one bundle).
-        version: which version of ``REPO/NAME``; ``None`` means the latest that is not a
-            rejected variant.
+        version: a version number or an alias of ``REPO/NAME``; ``None`` means the default
+            version (see :func:`modelyard.versions.default_version`).
 
     Returns:
         The directory that holds ``manifest.json``.
@@ -226,19 +206,7 @@ def resolve_bundle_dir(path: str | Path, version: int | None = None) -> Path:
         if version is not None and root.name != str(version):
             raise BundleError(f"{root}: is version {root.name}, not version {version}")
         return root
-    versions = list_versions(root)
-    if not versions:
-        raise BundleError(f"{root}: not a bundle (no {MANIFEST_FILE} and no version directories)")
-    if version is None:
-        latest = latest_version(root)
-        if latest is None:
-            raise BundleError(f"{root}: every version is a rejected variant; name one explicitly")
-        return root / str(latest)
-    if version not in versions:
-        raise BundleError(
-            f"{root}: no version {version}; available: {', '.join(map(str, versions))}"
-        )
-    return root / str(version)
+    return root / str(resolve_version(root, version))
 
 
 def read_manifest(bundle_dir: str | Path) -> Manifest:
@@ -254,14 +222,13 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
 
 
 def verify_bundle(
-    path: str | Path, version: int | None = None, *, task: str | None = None
+    path: str | Path, version: VersionRef | None = None, *, task: str | None = None
 ) -> Bundle:
     """Find a bundle, validate its manifest and check every file's size and sha256.
 
     Args:
         path: ``REPO/NAME`` or ``REPO/NAME/VERSION``.
-        version: which version of ``REPO/NAME``; ``None`` means the latest that is not a
-            rejected variant.
+        version: a version number or alias of ``REPO/NAME``; ``None`` means the default.
         task: when given, the task the caller expects; another task is an error.
 
     Returns:
@@ -273,6 +240,11 @@ def verify_bundle(
     """
     bundle_dir = resolve_bundle_dir(path, version)
     manifest = read_manifest(bundle_dir)
+    if bundle_dir.name.isdigit() and bundle_dir.name != str(manifest.version):
+        raise BundleError(
+            f"{bundle_dir}: manifest says version {manifest.version}, but the bundle sits in "
+            f"directory {bundle_dir.name}"
+        )
     if task is not None and manifest.task != task:
         raise BundleError(f"{bundle_dir}: bundle is for task {manifest.task!r}, expected {task!r}")
     for name, entry in manifest.files.items():
@@ -290,12 +262,6 @@ def verify_bundle(
 
 
 # ------------------------------------------------------------------------------ writing
-def next_version(model_dir: str | Path) -> int:
-    """The version a new export of ``model_dir`` would get: one past the highest, or 1."""
-    versions = list_versions(model_dir)
-    return versions[-1] + 1 if versions else 1
-
-
 def now_iso() -> str:
     """The current UTC time as ISO 8601 with seconds, for ``created_at``."""
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
@@ -347,22 +313,25 @@ def write_bundle(
 
 
 def _claim_version(tmp: Path, model_dir: Path, manifest: Manifest) -> Bundle:
-    version = next_version(model_dir)
-    for _ in range(_MAX_RENAME_TRIES):
-        manifest = replace(manifest, version=version)
-        (tmp / MANIFEST_FILE).write_text(
-            json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8"
-        )
-        target = model_dir / str(version)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # another exporter took this number (target exists and is not empty): take the next
-            if not target.exists():
-                raise
-            version = max(version + 1, next_version(model_dir))
-            continue
-        return Bundle(path=target, name=manifest.name, version=version, manifest=manifest)
+    # under the model's lock: the number is past every version ever claimed, so a deleted
+    # version's number never comes back; another writer cannot take it meanwhile
+    with locked(model_dir):
+        for _ in range(_MAX_RENAME_TRIES):
+            version = next_version(model_dir)
+            manifest = replace(manifest, version=version)
+            (tmp / MANIFEST_FILE).write_text(
+                json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8"
+            )
+            target = model_dir / str(version)
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                # a directory of that number appeared by hand: take the next one
+                if not target.exists():
+                    raise
+                continue
+            record_new_version(model_dir, version)
+            return Bundle(path=target, name=manifest.name, version=version, manifest=manifest)
     raise BundleError(f"{model_dir}: could not claim a new version after {_MAX_RENAME_TRIES} tries")
 
 

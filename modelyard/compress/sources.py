@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from modelyard.bundle import Bundle, Manifest, list_versions, read_manifest, verify_bundle
+from modelyard.bundle import Bundle, Manifest, read_manifest, verify_bundle
 from modelyard.compress.quantize import CalibrationData
 from modelyard.config import Config, validate_config
 from modelyard.data import LabelSpace, load_splits, read_table
@@ -21,6 +21,7 @@ from modelyard.errors import BundleError, ConfigError, DataError
 from modelyard.exporters import export
 from modelyard.runs import Run, is_run_dir
 from modelyard.tokenize import encode
+from modelyard.versions import list_versions
 
 log = logging.getLogger("modelyard.compress")
 

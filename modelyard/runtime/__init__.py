@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
-from modelyard.bundle import Bundle, Manifest, list_versions, verify_bundle
+from modelyard.bundle import Bundle, Manifest, verify_bundle
 from modelyard.runtime.backends import BACKENDS, ONNXBackend
 from modelyard.runtime.bundle_metrics import evaluate_bundle
 from modelyard.runtime.predictor import Prediction, Predictor, load
+from modelyard.versions import list_versions
 
 __all__ = [
     "BACKENDS",

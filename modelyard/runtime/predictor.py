@@ -16,6 +16,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from modelyard.bundle import Manifest, verify_bundle
+from modelyard.versions import VersionRef
 from modelyard.errors import BundleError
 from modelyard.runtime.backends import BACKENDS, Backend, Providers
 from modelyard.tokenize import encode, pad_batch
@@ -209,7 +210,7 @@ def _check_texts(texts: Sequence[str]) -> None:
 
 def load(
     path: str | Path,
-    version: int | None = None,
+    version: VersionRef | None = None,
     *,
     task: str | None = None,
     providers: Providers = None,
@@ -220,8 +221,9 @@ def load(
     """Load a bundle for prediction after checking every file against its manifest.
 
     Args:
-        path: ``REPO/NAME`` (latest version, or ``version``) or ``REPO/NAME/VERSION``.
-        version: which version of ``REPO/NAME``; ``None`` means the latest.
+        path: ``REPO/NAME`` (its default version, or ``version``) or ``REPO/NAME/VERSION``.
+        version: a version number or an alias (``server``, ``edge``…) of ``REPO/NAME``;
+            ``None`` means the model's default (:func:`modelyard.versions.default_version`).
         task: when given, the task the caller expects; a bundle for another task is refused.
         providers: ONNX Runtime execution providers: ``None``/``"cpu"``, ``"auto"`` (CUDA when
             present), ``"cuda"`` or an explicit list.

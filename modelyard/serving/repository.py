@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelyard.bundle import is_rejected
 from modelyard.serving.batcher import BatchInfo, DynamicBatcher
 from modelyard.serving.inference import (
     Loader,
@@ -34,6 +33,7 @@ from modelyard.serving.inference import (
     load_and_warm,
     make_batch_fn,
 )
+from modelyard.versions import is_rejected
 
 log = logging.getLogger("modelyard.serving")
 
