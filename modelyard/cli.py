@@ -48,6 +48,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run_dir / "config.yaml").is_file():
             raise RunError(f"{run_dir}: not a run directory (no config.yaml); nothing to resume")
         config = load_config(run_dir / "config.yaml", args.set)
+        # the run lives where it is now, whatever output_dir said when it started
+        config = config.model_copy(
+            update={"output_dir": str(run_dir.resolve().parent), "name": run_dir.resolve().name}
+        )
     elif args.config:
         config = load_config(args.config, args.set)
     else:
@@ -116,6 +120,46 @@ def cmd_export(args: argparse.Namespace) -> int:
             args.run, format=args.format, repo=args.repo, which=args.which, name=args.name
         )
     print(f"bundle: {bundle.path} (version {bundle.version})")
+    _point_alias(bundle.path.parent, bundle.version, args.alias)
+    return 0
+
+
+def _point_alias(model_dir: Path, version: int, alias: str | None) -> None:
+    from modelyard.versions import DEFAULT_ALIAS, read_record, set_alias
+
+    if alias is not None:
+        set_alias(model_dir, alias, version)
+    served = read_record(model_dir).aliases.get(DEFAULT_ALIAS)
+    if served != version:
+        print(
+            f"served by default: version {served} (alias {DEFAULT_ALIAS}); serve this one with "
+            f"`modelyard promote {model_dir} {version}`"
+        )
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from modelyard.versions import read_record, set_alias
+
+    before = read_record(args.model).aliases.get(args.alias)
+    record = set_alias(args.model, args.alias, args.version)
+    was = f" (was {before})" if before is not None else ""
+    print(f"{args.model}: {args.alias} -> version {record.aliases[args.alias]}{was}")
+    return 0
+
+
+def cmd_aliases(args: argparse.Namespace) -> int:
+    from modelyard.versions import default_version, list_versions, read_record, remove_alias
+
+    if args.remove:
+        remove_alias(args.model, args.remove)
+    versions = list_versions(args.model)
+    if not versions:
+        raise RunError(f"{args.model}: no versions (expected a model directory models/NAME)")
+    record = read_record(args.model)
+    print(f"versions: {', '.join(map(str, versions))} (never reused; last {record.last_version})")
+    for alias, version in sorted(record.aliases.items()):
+        print(f"{alias} -> {version}")
+    print(f"served when none is named: version {default_version(args.model)}")
     return 0
 
 
@@ -248,10 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a run as a versioned bundle")
     p.add_argument("run", help="runs/NAME")
     p.add_argument("--format", default="onnx", choices=["onnx", "tflite"])
-    p.add_argument("--repo", default="models", help="model repository directory")
+    p.add_argument("--repo", help="model repository (default: the run config's export.repo)")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint")
     p.add_argument("--name", help="bundle name (default: the run's name)")
     p.add_argument("--quantize", choices=["int8-dynamic"], help="tflite: dynamic-range int8")
+    p.add_argument(
+        "--as",
+        dest="alias",
+        metavar="ALIAS",
+        help="point this alias at the new version (e.g. default, server)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("compress", help="prune / quantize / clip into new, measured bundles")
@@ -267,8 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="repeatable",
     )
     p.add_argument("--clip", help="clip weights at a value (3.0) or a percentile (99.9%%)")
-    p.add_argument("--repo", default="models")
-    p.add_argument("--data", help="labelled data to score variants on (default: the test set)")
+    p.add_argument(
+        "--repo",
+        help="where the variants go (default: the source bundle's repository, or the run "
+        "config's export.repo)",
+    )
+    p.add_argument(
+        "--data", help="labelled data to select variants on (default: the validation split)"
+    )
     p.add_argument("--max-accuracy-drop", type=float, default=1.0, help="points; else rejected")
     p.set_defaults(func=cmd_compress)
 
@@ -282,6 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--strict", action="store_true", help="exit 3 when a target has no fit")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("promote", help="point an alias (default: default) at a version")
+    p.add_argument("model", help="the model directory, models/NAME")
+    p.add_argument("version", help="a version number, or another alias to copy")
+    p.add_argument("--as", dest="alias", default="default", metavar="ALIAS")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("aliases", help="list a model's versions and aliases")
+    p.add_argument("model", help="the model directory, models/NAME")
+    p.add_argument("--remove", metavar="ALIAS", help="drop an alias first")
+    p.set_defaults(func=cmd_aliases)
 
     p = sub.add_parser("serve", help="serve every bundle in a model repository over HTTP")
     p.add_argument("repo", help="model repository, e.g. models/")

@@ -16,10 +16,10 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from modelyard.bundle import Manifest, verify_bundle
-from modelyard.versions import VersionRef
 from modelyard.errors import BundleError
 from modelyard.runtime.backends import BACKENDS, Backend, Providers
 from modelyard.tokenize import encode, pad_batch
+from modelyard.versions import VersionRef
 
 DEFAULT_MAX_BATCH = 64
 

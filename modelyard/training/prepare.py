@@ -13,6 +13,7 @@ import shutil
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import yaml
 
 from modelyard.atomic import atomic_path, atomic_write_text
 from modelyard.config import Config, dump_config
@@ -55,22 +56,33 @@ def prepare_run_dir(paths: RunPaths, *, resume: bool, overwrite: bool) -> None:
                 "start it again without --resume"
             )
         return
-    if paths.dir.exists():
-        if overwrite:
-            shutil.rmtree(paths.dir)
-        elif has_checkpoints:
+    if paths.dir.exists() and any(paths.dir.iterdir()):
+        if not looks_like_a_run(paths):
+            # never delete what modelyard did not write, --overwrite or not
+            raise RunError(
+                f"{paths.dir} exists and is not a modelyard run directory (no run.json); "
+                "pick another name or output_dir"
+            )
+        if has_checkpoints and not overwrite:
             raise RunError(
                 f"{paths.dir} already holds a trained run; pass --resume to continue it or "
                 "--overwrite to start over"
             )
-        elif paths.config.is_file() or paths.run_json.is_file() or paths.checkpoints.is_dir():
-            shutil.rmtree(paths.dir)  # a run that died before its first checkpoint: nothing to keep
-        elif any(paths.dir.iterdir()):
-            raise RunError(
-                f"{paths.dir} exists and is not a run directory; pick another name or output_dir, "
-                "or pass --overwrite"
-            )
+        # --overwrite, or a run that died before its first checkpoint: nothing to keep
+        shutil.rmtree(paths.dir)
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
+
+
+# what a run directory holds before its first epoch ends (a crash there leaves only these)
+_EARLY_RUN_FILES = {"config.yaml", "tokenizer.json", "run.json", "metrics.jsonl", "checkpoints"}
+
+
+def looks_like_a_run(paths: RunPaths) -> bool:
+    """A directory modelyard wrote: it has run.json, or only what a run writes first."""
+    if paths.run_json.is_file():
+        return True
+    names = {p.name for p in paths.dir.iterdir()}
+    return names <= _EARLY_RUN_FILES and paths.config.is_file()
 
 
 def _load_or_build_tokenizer(
@@ -84,9 +96,9 @@ def _load_or_build_tokenizer(
     return tok
 
 
-def _available_monitors(config: Config, labels: LabelSpace, validation: EncodedSplit) -> list[str]:
+def _available_monitors(config: Config, labels: LabelSpace, targets: np.ndarray) -> list[str]:
     """The record keys a monitor may name, learnt from metrics on placeholder scores."""
-    n, k = len(validation), labels.num_outputs
+    n, k = len(targets), labels.num_outputs
     scores: np.ndarray
     if config.task == "multiclass":
         scores = np.full((n, k), 1.0 / k, dtype=np.float32)
@@ -94,7 +106,7 @@ def _available_monitors(config: Config, labels: LabelSpace, validation: EncodedS
         scores = np.full((n, k), 0.5, dtype=np.float32)
     else:
         scores = np.full(n, 0.5, dtype=np.float32)
-    names = compute_metrics(config.task, validation.targets, scores, list(labels.labels))
+    names = compute_metrics(config.task, targets, scores, list(labels.labels))
     return ["val_loss", *(f"val_{name}" for name in names)]
 
 
@@ -141,25 +153,15 @@ def setup(config: Config, *, resume: bool = False, overwrite: bool = False) -> S
     tcfg = config.train
     device = resolve_device(tcfg.device)
     _check_tensorboard(config)
-    prepare_run_dir(paths, resume=resume, overwrite=overwrite)
-    if resume and paths.config.is_file():
-        saved = paths.config.read_text(encoding="utf-8")
-        if saved != dump_config(config):
-            log.warning("resuming %s with a config that differs from its config.yaml", paths.dir)
-    atomic_write_text(paths.config, dump_config(config))
-
+    # everything that can fail on the config or the data fails here, before the run directory
+    # is touched: --overwrite never deletes a run for a config that cannot train
     splits = load_splits(config)
-    tok = _load_or_build_tokenizer(config, paths, splits, resume)
-    info = tokenizer_info(tok)
-    train_split = encode_split(tok, splits.train)
-    validation = encode_split(tok, splits.validation)
-    if len(validation) == 0:
+    if len(splits.validation.texts) == 0:
         raise ConfigError(
             "training needs validation data (for val_loss, the best checkpoint and early "
             "stopping): set data.validation or data.validation_split > 0"
         )
-
-    monitors = _available_monitors(config, splits.labels, validation)
+    monitors = _available_monitors(config, splits.labels, np.asarray(splits.validation.targets))
     monitor = resolve_monitor(tcfg.monitor, monitors, "train.monitor")
     best = BestTracker(monitor, metric_mode(monitor))
     early = None
@@ -172,6 +174,19 @@ def setup(config: Config, *, resume: bool = False, overwrite: bool = False) -> S
     if schedule_cfg.name == "plateau":
         plateau_monitor = resolve_monitor(schedule_cfg.monitor, monitors, "train.schedule.monitor")
         schedule_cfg = schedule_cfg.model_copy(update={"monitor": plateau_monitor})
+
+    prepare_run_dir(paths, resume=resume, overwrite=overwrite)
+    if resume and paths.config.is_file():
+        saved = yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {}
+        now = yaml.safe_load(dump_config(config))
+        # where the run directory lives may change (a moved run); what it trains may not
+        if {**saved, "output_dir": None} != {**now, "output_dir": None}:
+            log.warning("resuming %s with a config that differs from its config.yaml", paths.dir)
+    atomic_write_text(paths.config, dump_config(config))
+    tok = _load_or_build_tokenizer(config, paths, splits, resume)
+    info = tokenizer_info(tok)
+    train_split = encode_split(tok, splits.train)
+    validation = encode_split(tok, splits.validation)
 
     # the model is built right after seeding so its initial weights depend on the seed alone
     seed_everything(config.seed)
