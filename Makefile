@@ -18,7 +18,7 @@ MY := $(VENV)/bin/modelyard
 
 demo: install
 	$(MY) train examples/seed.yaml --overwrite
-	$(MY) export runs/sentiment --format onnx --repo models
+	$(MY) export runs/sentiment --format onnx --repo models --as default
 	$(MY) predict models/sentiment --input examples/sample_texts.txt --output - --no-progress
 	$(PY) examples/serve_demo.py models sentiment
 

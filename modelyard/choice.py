@@ -101,6 +101,8 @@ class Choice:
             "target": self.target,
             "variant": self.variant.name if self.variant is not None else None,
             "bundle": self.variant.bundle if self.variant is not None else None,
+            "version": self.variant.version if self.variant is not None else None,
+            "alias": self.target if self.variant is not None else None,
             "reason": self.reason,
             "misses": [m.to_dict() for m in self.misses],
             "candidates": self.candidates,
@@ -118,8 +120,11 @@ def choose(
     Candidates are the variants of the target's format that were not rejected (a variant is
     rejected when its accuracy drop exceeds ``compress.max_accuracy_drop``). A candidate fits when
     it meets every budget the target sets (``max_size_mb``, ``max_p99_ms``,
-    ``max_accuracy_drop``; an unset budget is no limit). Among those that fit, the best score
-    wins; ties go to the smaller model, then the lower p99 latency, then the name.
+    ``max_accuracy_drop``; an unset budget is no limit). Scores are on the selection texts (the
+    validation split), never the test file. Among the variants that fit, those whose score is
+    within :func:`score_margin` of the best (the 95% margin of the best score on its texts)
+    count as equally accurate, and the smallest of them wins, then the lowest p99 latency, then
+    the best score, then the name. The reason says which rule decided.
 
     Args:
         targets: target name -> :class:`~modelyard.config.TargetConfig` (``config.targets``).
@@ -149,18 +154,53 @@ def _choose_one(
         return Choice(name, None, f"{name}: every {target.format} variant was rejected ({why})")
     budgets = _budgets(target, higher)
     fitting = [m for m in candidates if not _misses(m, budgets)]
-    if fitting:
-        best = min(fitting, key=lambda m: _rank(m, higher))
-        within = "within budget" if budgets else "(no budgets set)"
-        return Choice(
-            name,
-            best,
-            f"{name}: {best.name}, the most accurate of {len(fitting)}/{len(candidates)} "
-            f"{target.format} variants {within} (score {_num(best.score)}, "
-            f"{_num(best.size_mb)} MB, p99 {_num(best.p99_ms)} ms)",
-            candidates=len(candidates),
+    if not fitting:
+        return _explain_none(name, target.format, candidates, budgets)
+    best = min(fitting, key=lambda m: _rank(m, higher))
+    margin = score_margin(best, higher)
+    # a difference inside the noise of the selection texts is no difference: the smaller, then
+    # faster, of the variants as accurate as the best wins
+    tied = [m for m in fitting if _within(m, best, margin, higher)]
+    pick = min(tied, key=lambda m: (_key(m.size_mb), _key(m.p99_ms), _rank(m, higher)))
+    within = "within budget" if budgets else "(no budgets set)"
+    if len(tied) > 1:
+        why = (
+            f"the smallest of {len(tied)} variants whose validation score is within "
+            f"{_num(margin * 100)} points of the best ({best.name} {_num(best.score)}; the 95% "
+            f"margin on {best.num_scored} texts, {MARGIN_RULE})"
         )
-    return _explain_none(name, target.format, candidates, budgets)
+    else:
+        why = "the most accurate on validation" + (
+            f" by more than the 95% margin ({_num(margin * 100)} points)" if margin else ""
+        )
+    return Choice(
+        name,
+        pick,
+        f"{name}: {pick.name}, {why}; {len(fitting)}/{len(candidates)} {target.format} variants "
+        f"{within} (score {_num(pick.score)}, {_num(pick.size_mb)} MB, p99 {_num(pick.p99_ms)} ms)",
+        candidates=len(candidates),
+    )
+
+
+MARGIN_RULE = "1.96·√(p(1−p)/n)"
+
+
+def score_margin(m: Measurement, higher: bool) -> float:
+    """How far below ``m``'s score another variant may be and still count as equally accurate.
+
+    For a higher-is-better score that is a proportion of texts (accuracy, F1: in [0, 1]) it is
+    the half-width of the normal 95% interval of ``m.score`` on its ``num_scored`` selection
+    texts, :data:`MARGIN_RULE`; for other scores (rmse) 0: the best score wins outright.
+    """
+    p, n = m.score, m.num_scored
+    if not higher or n <= 0 or not 0.0 <= p <= 1.0:
+        return 0.0
+    return 1.96 * math.sqrt(p * (1.0 - p) / n)
+
+
+def _within(m: Measurement, best: Measurement, margin: float, higher: bool) -> bool:
+    gap = best.score - m.score if higher else m.score - best.score
+    return gap <= margin
 
 
 def _explain_none(

@@ -19,6 +19,7 @@ from modelyard import __version__
 from modelyard.config import TASKS
 from modelyard.errors import ModelyardError, RunError
 from modelyard.logs import setup_logging
+from modelyard.metrics import proportion_interval
 from modelyard.runs import is_run_dir
 
 log = logging.getLogger("modelyard.cli")
@@ -62,7 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = train(config, resume=bool(args.resume), overwrite=args.overwrite)
     print(f"run: {run.dir}")
     if run.test_metrics:
-        print("test: " + _format_metrics(run.test_metrics))
+        print("test: " + _format_metrics(run.test_metrics, run.test_size))
     return 0
 
 
@@ -230,10 +231,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_metrics(metrics: dict[str, Any]) -> str:
+def _format_metrics(metrics: dict[str, Any], n: int | None = None) -> str:
     parts = []
     for key, value in metrics.items():
-        if isinstance(value, float):
+        if isinstance(value, float) and key == "accuracy" and n:
+            lo, hi = proportion_interval(value, n)
+            parts.append(f"{key}={value:.4f} (95% CI {lo:.3f}-{hi:.3f}, n={n})")
+        elif isinstance(value, float):
             parts.append(f"{key}={value:.4f}")
         elif isinstance(value, int | str):
             parts.append(f"{key}={value}")

@@ -25,6 +25,7 @@ from modelyard.metrics import (
     compute_metrics,
     finite_or_none,
     json_safe,
+    proportion_interval,
 )
 
 MIB = 2**20
@@ -33,8 +34,22 @@ THROUGHPUT_BATCH = 32
 
 
 @dataclass
+class LabelledTexts:
+    """Texts with their encoded targets, and what they are (``validation``, ``test``, ``file``)."""
+
+    texts: list[str]
+    targets: np.ndarray
+    source: str
+    split: str
+
+
+@dataclass
 class Measurement:
-    """One variant, measured through the runtime on the same test texts as its reference.
+    """One variant, measured through the runtime on the same texts as its reference.
+
+    Variants are *selected* on one set of texts (the validation split: ``score``, ``drop``,
+    ``rejected``) and *reported* on another (the test file: ``test_metrics``), so the numbers a
+    user reads were not used to pick the variant.
 
     Attributes:
         name: the variant, e.g. ``fp32``, ``int8-dynamic``, ``pruned50+int8-dynamic``,
@@ -46,12 +61,16 @@ class Measurement:
         p50_ms: median latency of one text (batch 1), tokenization included.
         p99_ms: 99th percentile of the same.
         throughput: texts per second at batch 32, tokenization included.
-        metrics: every task metric on the test texts.
-        score: the task's primary metric (``metrics[PRIMARY_METRIC[task]]``).
+        metrics: every task metric on the selection texts (``selected_on``).
+        score: the task's primary metric on them (``metrics[PRIMARY_METRIC[task]]``).
         drop: points lost against the reference (positive = worse): ``100 * (ref - score)``
             for a higher-is-better metric, the relative increase in percent
             ``100 * (score - ref) / ref`` for a lower-is-better one (rmse). 0 for the reference.
         rejected: why the variant is rejected (``"accuracy drop 2.3 points > 1.0"``), or ``None``.
+        selected_on: where the selection texts came from, and which split they are.
+        num_scored: how many selection texts (the margin of :func:`modelyard.choice.choose`).
+        test_metrics: every task metric on the test texts; empty without test data.
+        test_size: how many test texts.
     """
 
     name: str
@@ -66,11 +85,41 @@ class Measurement:
     score: float = float("nan")
     drop: float = 0.0
     rejected: str | None = None
+    selected_on: str = ""
+    num_scored: int = 0
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    test_size: int = 0
+
+    def test_score(self, metric: str) -> float:
+        """The primary metric on the test texts (NaN without test data)."""
+        return float(self.test_metrics.get(metric, float("nan")))
+
+    def manifest_metrics(self) -> dict[str, float] | None:
+        """What a bundle's manifest calls its metrics: the test metrics (finite ones), if any."""
+        found = {k: v for k, v in self.test_metrics.items() if math.isfinite(v)}
+        return found or None
+
+    def manifest_record(self) -> dict[str, Any]:
+        """The manifest's ``variant.measured``: how the variant ran and where it was scored."""
+        return json_safe(
+            {
+                "size_mb": self.size_mb,
+                "p50_ms": self.p50_ms,
+                "p99_ms": self.p99_ms,
+                "throughput": self.throughput,
+                "score": self.score,
+                "drop": self.drop,
+                "selected_on": self.selected_on,
+                "num_texts": self.num_scored,
+                "test_size": self.test_size,
+            }
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (NaN metrics become ``None``: JSON has no NaN)."""
         out = asdict(self)
         out["metrics"] = json_safe(dict(self.metrics))
+        out["test_metrics"] = json_safe(dict(self.test_metrics))
         for key in ("score", "drop", "p50_ms", "p99_ms", "throughput", "size_mb"):
             out[key] = finite_or_none(out[key])
         return out
@@ -123,12 +172,14 @@ def measure_bundle(
     throughput_batches: int = 20,
     name: str | None = None,
     intra_op_threads: int | None = 1,
+    selected_on: str = "",
+    test: LabelledTexts | None = None,
 ) -> Measurement:
     """Score and time one bundle through the runtime.
 
     Args:
-        path: ``REPO/NAME/VERSION`` (or ``REPO/NAME`` for the latest version).
-        texts: the test texts.
+        path: ``REPO/NAME/VERSION`` (or ``REPO/NAME`` for its default version).
+        texts: the texts variants are selected on (the validation split).
         targets: their encoded targets, as :meth:`modelyard.data.LabelSpace.encode` gives them
             for ``labels``.
         task: the task; the bundle must be for it.
@@ -140,6 +191,8 @@ def measure_bundle(
         throughput_batches: batches of 32 texts timed for throughput.
         name: the variant name; default: from the manifest (:func:`variant_name`).
         intra_op_threads: ONNX Runtime threads; 1 by default, as the server runs each model.
+        selected_on: where ``texts`` came from (for the record).
+        test: the test texts the variant is reported on; ``None``: no test data.
 
     Returns:
         The :class:`Measurement`.
@@ -161,12 +214,8 @@ def measure_bundle(
             f"{predictor.path}: bundle labels {manifest.labels} differ from the data's "
             f"{list(labels)}"
         )
-    scores = predictor.infer(predictor.encode(texts))
-    if task in ("binary", "regression"):
-        scores = scores[:, 0]  # (N,): one probability or value per text
-    metrics = compute_metrics(
-        task, targets, scores, list(labels), threshold=manifest.postprocess.threshold
-    )
+    metrics = _metrics(predictor, texts, targets, task, labels)
+    test_metrics = _metrics(predictor, test.texts, test.targets, task, labels) if test else {}
     metric = PRIMARY_METRIC[task]
     score = float(metrics[metric])
     drop = 0.0 if reference is None else accuracy_drop(metric, score, reference)
@@ -181,11 +230,28 @@ def measure_bundle(
         p50_ms=p50,
         p99_ms=p99,
         throughput=_throughput(predictor, texts, throughput_batches),
-        metrics={k: float(v) for k, v in metrics.items()},
+        metrics=metrics,
         score=score,
         drop=drop,
         rejected=None if reference is None else rejection(metric, drop, max_drop),
+        selected_on=selected_on,
+        num_scored=len(texts),
+        test_metrics=test_metrics,
+        test_size=len(test.texts) if test else 0,
     )
+
+
+def _metrics(
+    predictor: Any, texts: Sequence[str], targets: np.ndarray, task: str, labels: Sequence[str]
+) -> dict[str, float]:
+    if not len(texts):
+        return {}
+    scores = predictor.infer(predictor.encode(list(texts)))
+    if task in ("binary", "regression"):
+        scores = scores[:, 0]  # (N,): one probability or value per text
+    threshold = predictor.manifest.postprocess.threshold
+    found = compute_metrics(task, targets, scores, list(labels), threshold=threshold)
+    return {k: float(v) for k, v in found.items()}
 
 
 def _latency(predictor: Any, texts: Sequence[str], runs: int) -> tuple[float, float]:
@@ -216,6 +282,9 @@ def _throughput(predictor: Any, texts: Sequence[str], batches: int) -> float:
 def format_table(measurements: Sequence[Measurement], *, metric: str | None = None) -> str:
     """A plain-text table of variants, with size and speed ratios against the first row.
 
+    The score and drop columns are on the selection texts (validation); ``test`` is the same
+    metric on the test texts, with its 95% interval for accuracy.
+
     Args:
         measurements: the variants; the first is the reference the ratios are taken against.
         metric: the name of the score column (default ``score``).
@@ -226,10 +295,12 @@ def format_table(measurements: Sequence[Measurement], *, metric: str | None = No
     if not measurements:
         return "(no variants)"
     ref = measurements[0]
+    name = metric or _primary(ref)
     w = max(len("variant"), *(len(m.name) for m in measurements))
     header = (
-        f"{'variant':<{w}} {'ver':>4} {'size MB':>8} {'size x':>7} {metric or 'score':>9} "
-        f"{'drop':>6} {'p50 ms':>7} {'p99 ms':>7} {'texts/s@32':>10} {'thr x':>6}  status"
+        f"{'variant':<{w}} {'ver':>4} {'size MB':>8} {'size x':>7} {'val ' + name:>13} "
+        f"{'drop':>6} {'test':>22} {'p50 ms':>7} {'p99 ms':>7} {'texts/s@32':>10} {'thr x':>6}"
+        "  status"
     )
     lines = [header, "-" * len(header)]
     for m in measurements:
@@ -237,8 +308,25 @@ def format_table(measurements: Sequence[Measurement], *, metric: str | None = No
         thr_ratio = m.throughput / ref.throughput if ref.throughput else float("nan")
         status = f"rejected: {m.rejected}" if m.rejected else "ok"
         lines.append(
-            f"{m.name:<{w}} {m.version:>4} {m.size_mb:>8.3f} {size_ratio:>7.3f} {m.score:>9.4f} "
-            f"{m.drop:>6.2f} {m.p50_ms:>7.2f} {m.p99_ms:>7.2f} {m.throughput:>10.0f} "
-            f"{thr_ratio:>6.2f}  {status}"
+            f"{m.name:<{w}} {m.version:>4} {m.size_mb:>8.3f} {size_ratio:>7.3f} {m.score:>13.4f} "
+            f"{m.drop:>6.2f} {format_test_score(m, name):>22} {m.p50_ms:>7.2f} {m.p99_ms:>7.2f} "
+            f"{m.throughput:>10.0f} {thr_ratio:>6.2f}  {status}"
         )
+    selected = ref.selected_on or "the given texts"
+    lines.append(f"(selected on {selected}; test: the test file, never used to select)")
     return "\n".join(lines)
+
+
+def _primary(m: Measurement) -> str:
+    return next((k for k in PRIMARY_METRIC.values() if m.metrics.get(k) == m.score), "score")
+
+
+def format_test_score(m: Measurement, metric: str) -> str:
+    """``0.7320 [0.704, 0.759]`` (accuracy with its 95% interval), or ``-`` without test data."""
+    value = m.test_score(metric)
+    if not m.test_metrics or not math.isfinite(value):
+        return "-"
+    if metric != "accuracy":
+        return f"{value:.4f}"
+    lo, hi = proportion_interval(value, m.test_size)
+    return f"{value:.4f} [{lo:.3f}, {hi:.3f}]"

@@ -348,3 +348,25 @@ def finite_or_none(value: object) -> object:
 def json_safe(record: dict[str, object]) -> dict[str, object]:
     """``record`` with every non-finite number (e.g. ROC AUC on one class) written as ``None``."""
     return {k: finite_or_none(v) for k, v in record.items()}
+
+
+def proportion_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``p`` (e.g. accuracy) measured on ``n`` items.
+
+    ``z=1.96`` gives the 95% interval. Wilson rather than ``p ± z·√(p(1−p)/n)``: it stays inside
+    [0, 1] and is honest near 0 and 1 and for small ``n``. ``n == 0`` or a NaN ``p`` gives NaNs.
+    """
+    if n <= 0 or not np.isfinite(p):
+        return float("nan"), float("nan")
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def format_with_interval(name: str, value: float, n: int | None) -> str:
+    """``accuracy 0.7320 (95% CI 0.704–0.759, n=1000)`` for accuracy, else ``name 0.7320``."""
+    if name.strip() != "accuracy" or not n:
+        return f"{name} {value:.4f}"
+    lo, hi = proportion_interval(value, n)
+    return f"{name} {value:.4f} (95% CI {lo:.3f}–{hi:.3f}, n={n})"

@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelyard.bundle import Bundle, write_bundle
 from modelyard.choice import Choice, choose
 from modelyard.errors import ModelyardError
+from modelyard.measure import LabelledTexts, Measurement, format_test_score, measure_bundle
 from modelyard.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC, finite_or_none
 
 if TYPE_CHECKING:
     from modelyard.config import Config
-    from modelyard.measure import Measurement
     from modelyard.training import Run
 
 log = logging.getLogger("modelyard.pipeline")
@@ -65,9 +67,16 @@ class PipelineResult:
 
 @dataclass
 class _MeasureData:
+    """Texts variants are selected on (validation) and reported on (test, when there is one)."""
+
     texts: list[str]
     targets: np.ndarray
     source: str
+    test: LabelledTexts | None
+
+    @property
+    def described(self) -> str:
+        return f"{self.source} (validation, {len(self.texts)} texts)"
 
 
 def run_pipeline(config: Config, *, overwrite: bool = False, echo: bool = True) -> PipelineResult:
@@ -97,7 +106,7 @@ def run_pipeline(config: Config, *, overwrite: bool = False, echo: bool = True) 
     log.info("run %s: training", config.name)
     run = train(config, overwrite=overwrite)
     data = _measure_data(config)
-    images = _evaluation_images(run, data.source)
+    images = _evaluation_images(run, data.test.source if data.test else data.source)
     labels = list(run.labels.labels)
 
     variants = _onnx_variants(run, config, data, labels)
@@ -106,6 +115,7 @@ def run_pipeline(config: Config, *, overwrite: bool = False, echo: bool = True) 
         variants += _tflite_variants(run, config, data, labels, reference.score, notes)
 
     choices = choose(config.targets, variants, higher_is_better=higher)
+    _point_aliases(choices, notes)
     variants_path = _write_variants(run, variants, choices, metric, reference.score, notes)
     report_path = _write_report(run, config, data, variants, choices, metric, images, notes)
     result = PipelineResult(run, variants, choices, report_path, variants_path, metric, notes)
@@ -138,12 +148,17 @@ def _evaluation_images(run: Run, source: str) -> dict[str, Path]:
 
 
 def _measure_data(config: Config) -> _MeasureData:
-    """The texts every variant is measured on: the test file, else the validation split."""
+    """Select on the validation split, report on the test file: the split the choice was made
+    on is never the one its numbers are reported on."""
     from modelyard.data import load_splits
 
     splits = load_splits(config)
-    examples = splits.test if splits.test is not None else splits.validation
-    return _MeasureData(list(examples.texts), examples.targets, str(examples.source))
+    test = None
+    if splits.test is not None:
+        t = splits.test
+        test = LabelledTexts(list(t.texts), t.targets, str(t.source), "test")
+    v = splits.validation
+    return _MeasureData(list(v.texts), v.targets, str(v.source), test)
 
 
 def _onnx_variants(
@@ -158,12 +173,20 @@ def _onnx_variants(
     cfg = config.compress
     if cfg.prune is None and cfg.clip is None and not cfg.quantize:
         from modelyard.exporters import export
-        from modelyard.measure import measure_bundle
 
         log.info("run %s: exporting fp32 ONNX", config.name)
         fp32 = export(run, repo=config.export.repo)
         log.info("run %s: measuring fp32 on %s", config.name, data.source)
-        return [measure_bundle(fp32.path, data.texts, data.targets, run.task, labels)]
+        measured = measure_bundle(
+            fp32.path,
+            data.texts,
+            data.targets,
+            run.task,
+            labels,
+            selected_on=data.described,
+            test=data.test,
+        )
+        return [measured]
     from modelyard.compress import compress
 
     log.info("run %s: exporting and compressing (%s)", config.name, _compress_label(config))
@@ -203,7 +226,6 @@ def _tflite_variants(
     except ImportError as exc:
         notes.append(f"no TFLite variants: {_missing(exc)}")
         return []
-    from modelyard.measure import measure_bundle
 
     unsupported = [q for q in config.compress.quantize if q not in TFLITE_QUANTIZERS]
     if unsupported:
@@ -215,31 +237,68 @@ def _tflite_variants(
     for mode in [None, *(q for q in config.compress.quantize if q in TFLITE_QUANTIZERS)]:
         label = f"tflite-{mode or 'fp32'}"
         log.info("run %s: exporting %s", config.name, label)
-        try:
-            bundle = export_tflite(run, repo=config.export.repo, quantize=mode)
-        except ImportError as exc:
-            notes.append(f"no TFLite variants: {_missing(exc)}")
-            return measured
-        except ModelyardError as exc:
-            notes.append(f"{label} not built: {exc}")
-            if mode is None:  # without the fp32 conversion no quantized one will work either
+        with tempfile.TemporaryDirectory(prefix="modelyard-stage-") as staging:
+            try:
+                staged = export_tflite(run, repo=staging, quantize=mode)
+            except ImportError as exc:
+                notes.append(f"no TFLite variants: {_missing(exc)}")
                 return measured
+            except ModelyardError as exc:
+                notes.append(f"{label} not built: {exc}")
+                if mode is None:  # without the fp32 conversion no quantized one will work either
+                    return measured
+                continue
+            try:
+                measured.append(_write_measured(staged, config, data, labels, reference))
+            except ModelyardError as exc:
+                notes.append(f"{label} built but not measured, so not written: {exc}")
+    return measured
+
+
+def _write_measured(
+    staged: Bundle, config: Config, data: _MeasureData, labels: list[str], reference: float
+) -> Measurement:
+    """Measure a staged bundle, then write it for good with its measurements and, past the
+    accuracy budget, its rejected mark in the manifest (as compress writes ONNX variants)."""
+
+    m = measure_bundle(
+        staged.path,
+        data.texts,
+        data.targets,
+        str(config.task),
+        labels,
+        reference=reference,
+        max_drop=config.compress.max_accuracy_drop,
+        selected_on=data.described,
+        test=data.test,
+    )
+    manifest = replace(
+        staged.manifest,
+        metrics=m.manifest_metrics(),
+        variant={
+            **staged.manifest.variant,
+            "measured": m.manifest_record(),
+            "rejected": m.rejected,
+        },
+    )
+    files = {name: staged.path / name for name in staged.manifest.files}
+    bundle = write_bundle(config.export.repo, manifest, files)
+    m.bundle, m.version = str(bundle.path), bundle.version
+    return m
+
+
+def _point_aliases(choices: dict[str, Choice], notes: list[str]) -> None:
+    """Point each target's alias (``server``, ``edge``, ``mobile``) at its chosen version, so a
+    server following ``server`` answers from exactly what was chosen for it."""
+    from modelyard.versions import set_alias
+
+    for target, choice in choices.items():
+        if choice.variant is None:
             continue
         try:
-            measured.append(
-                measure_bundle(
-                    bundle.path,
-                    data.texts,
-                    data.targets,
-                    str(config.task),
-                    labels,
-                    reference=reference,
-                    max_drop=config.compress.max_accuracy_drop,
-                )
-            )
+            set_alias(Path(choice.variant.bundle).parent, target, choice.variant.version)
         except ModelyardError as exc:
-            notes.append(f"{label} built as {bundle.path} but not measured: {exc}")
-    return measured
+            notes.append(f"target {target}: chosen, but no alias points at it: {exc}")
 
 
 def _missing(exc: ImportError) -> str:
@@ -310,7 +369,9 @@ def _write_report(
     sources = {"train": config.data.train}
     if config.data.validation:
         sources["validation"] = config.data.validation
-    sources["measured on"] = f"{data.source} ({len(data.texts)} texts)"
+    sources["variants selected on"] = data.described
+    if data.test is not None:
+        sources["variants reported on"] = f"{data.test.source} (test, {len(data.test.texts)} texts)"
     content = ReportContent(
         name=config.name,
         task=str(config.task),
@@ -326,6 +387,7 @@ def _write_report(
         created_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         run_dir=str(run.dir),
         higher_is_better=HIGHER_IS_BETTER(metric),
+        test_size=run.test_size,
     )
     return write_report(content, run.dir / REPORT_FILE)
 
@@ -338,20 +400,22 @@ def format_summary(
     width = max([len("variant"), *(len(m.name) for m in variants)])
     lines = [
         f"{'variant':<{width}}  {'format':<6}  {'size MB':>8}  {'p50 ms':>7}  {'p99 ms':>7}  "
-        f"{'texts/s':>8}  {metric:>9}  {'drop':>6}  status"
+        f"{'texts/s':>8}  {'val ' + metric:>13}  {'drop':>6}  {'test ' + metric:>22}  status"
     ]
     for m in variants:
         status = f"rejected: {m.rejected}" if m.rejected else "ok"
         lines.append(
             f"{m.name:<{width}}  {m.format:<6}  {m.size_mb:>8.3g}  {m.p50_ms:>7.2f}  "
-            f"{m.p99_ms:>7.2f}  {m.throughput:>8.0f}  {m.score:>9.4f}  {m.drop:>6.2f}  {status}"
+            f"{m.p99_ms:>7.2f}  {m.throughput:>8.0f}  {m.score:>13.4f}  {m.drop:>6.2f}  "
+            f"{format_test_score(m, metric):>22}  {status}"
         )
     if choices:
         lines.append("")
         name_w = max(len(t) for t in choices)
         for target, choice in choices.items():
             if choice.variant is not None:
-                picked = f"{choice.variant.name} ({choice.variant.bundle})"
+                v = choice.variant
+                picked = f"{v.name} ({v.bundle}; alias {target} -> version {v.version})"
             else:
                 picked = "none: " + choice.reason.removeprefix(f"{target}: ")
             lines.append(f"{target:<{name_w}}  -> {picked}")

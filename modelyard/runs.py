@@ -110,6 +110,7 @@ class Run:
     history: list[dict[str, Any]]
     test_metrics: dict[str, Any] | None
     info: dict[str, Any] = field(default_factory=dict)
+    test_size: int | None = None  # how many test texts test_metrics were measured on
 
     @property
     def paths(self) -> RunPaths:
@@ -152,10 +153,7 @@ class Run:
             labels = LabelSpace.from_dict(info["label_space"])
         else:
             labels = LabelSpace(task=info["task"], labels=list(info["labels"]))
-        test_metrics = None
-        eval_metrics = paths.eval_dir / "metrics.json"
-        if eval_metrics.is_file():
-            test_metrics = json.loads(eval_metrics.read_text(encoding="utf-8")).get("metrics")
+        test_metrics, test_size = _test_evaluation(paths, config)
         return cls(
             dir=paths.dir,
             config=config,
@@ -163,20 +161,33 @@ class Run:
             history=read_history(paths.metrics),
             test_metrics=test_metrics,
             info=info,
+            test_size=test_size,
         )
 
 
+def _test_evaluation(paths: RunPaths, config: Config) -> tuple[dict[str, Any] | None, int | None]:
+    """The metrics of ``eval/metrics.json`` when they were measured on the run's test file.
+
+    An evaluation on the validation split (a run without a test file) or on another file is
+    not a test result and is never reported as one.
+    """
+    try:
+        payload = json.loads((paths.eval_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(payload, dict):
+        return None, None
+    # runs evaluated before the split was recorded: test when the config names a test file
+    split = payload.get("split", "test" if config.data.test is not None else "validation")
+    if split != "test" or not isinstance(payload.get("metrics"), dict):
+        return None, None
+    size = payload.get("num_examples")
+    return payload["metrics"], int(size) if isinstance(size, int) else None
+
+
 def recorded_test_metrics(run: Run) -> dict[str, float] | None:
-    """The test metrics a run recorded (run.json, else eval/metrics.json), finite values only."""
+    """The run's test metrics (see :func:`_test_evaluation`), finite values only."""
     metrics: Any = run.test_metrics
-    if metrics is None:
-        path = run.dir / "eval" / "metrics.json"
-        try:
-            metrics = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-    if isinstance(metrics, dict) and isinstance(metrics.get("test"), dict):
-        metrics = metrics["test"]
     if not isinstance(metrics, dict):
         return None
     # JSON has no NaN (roc_auc on one class); such a metric is left out rather than faked

@@ -244,6 +244,8 @@ def test_choice_to_dict_is_json_ready() -> None:
         "target": "t",
         "variant": "int8-dynamic",
         "bundle": VARIANTS[1].bundle,
+        "version": 1,
+        "alias": "t",
         "reason": chosen.reason,
         "misses": [],
         "candidates": 4,  # the onnx variants, less the rejected one
@@ -252,3 +254,40 @@ def test_choice_to_dict_is_json_ready() -> None:
     assert missed["variant"] is None and missed["bundle"] is None
     assert missed["misses"][0]["budget"] == "max_size_mb"
     assert missed["misses"][0]["over"] == pytest.approx(0.7)
+
+
+def _scored(name: str, score: float, size: float, n: int = 1000) -> Measurement:
+    m = variant(name, score=score, size=size)
+    m.num_scored = n
+    return m
+
+
+def test_a_difference_inside_the_noise_goes_to_the_smaller_variant() -> None:
+    # the server case that was reproduced: int8 "won" by 2 texts of 1,000
+    fp32 = _scored("fp32", 0.737, size=5.1)
+    int8 = _scored("int8-static", 0.739, size=1.3)
+    fp16 = _scored("fp16", 0.736, size=2.6)
+    choice = choose({"server": target()}, [fp32, fp16, int8])["server"]
+    assert choice.variant is int8  # the smallest of the three tied ones
+    assert "within 2.72 points of the best" in choice.reason
+    assert "1.96·√(p(1−p)/n)" in choice.reason and "1000 texts" in choice.reason
+    # fp32 would win a plain most-accurate contest against fp16; inside the margin size decides
+    choice = choose({"server": target()}, [fp32, fp16])["server"]
+    assert choice.variant is fp16
+
+
+def test_a_real_difference_still_wins() -> None:
+    fp32 = _scored("fp32", 0.80, size=5.0)
+    int8 = _scored("int8-dynamic", 0.70, size=1.3)
+    choice = choose({"server": target()}, [fp32, int8])["server"]
+    assert choice.variant is fp32
+    assert "the most accurate on validation by more than the 95% margin" in choice.reason
+
+
+def test_lower_is_better_scores_have_no_margin() -> None:
+    a = _scored("fp32", 0.50, size=5.0)
+    b = _scored("int8-dynamic", 0.51, size=1.0)
+    a.metrics = {"rmse": 0.50}
+    b.metrics = {"rmse": 0.51}
+    choice = choose({"server": target()}, [a, b], higher_is_better=False)["server"]
+    assert choice.variant is a

@@ -120,3 +120,37 @@ def test_overwrite_never_deletes_a_directory_modelyard_did_not_write(
     assert main(["train", str(config), "--overwrite"]) == 2
     assert "not a modelyard run directory" in capsys.readouterr().err
     assert (precious / "thesis.tex").is_file()
+
+
+@pytest.mark.integration
+def test_a_run_without_a_test_file_reports_no_test_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from modelyard.bundle import read_manifest
+    from modelyard.exporters import export
+    from modelyard.runs import Run
+    from modelyard.training import evaluate
+
+    config = _config(tmp_path, tmp_path / "runs")
+    raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+    del raw["data"]["test"]
+    config.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert main(["train", str(config)]) == 0
+    assert "test:" not in capsys.readouterr().out
+    run_dir = tmp_path / "runs" / "tiny"
+    result = evaluate(run_dir)  # falls back to the validation split, and says so
+    assert result.num_examples > 0
+    saved = yaml.safe_load((run_dir / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert saved["split"] == "validation"
+    assert Run.load(run_dir).test_metrics is None
+    bundle = export(run_dir, repo=tmp_path / "models")
+    assert read_manifest(bundle.path).metrics is None
+
+
+@pytest.mark.integration
+def test_train_prints_test_accuracy_with_its_interval(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", str(_config(tmp_path, tmp_path / "runs"))]) == 0
+    out = capsys.readouterr().out
+    assert "test: accuracy=" in out and "(95% CI " in out and "n=16)" in out

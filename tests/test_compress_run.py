@@ -90,7 +90,9 @@ def _check_quantized(measured: list[Measurement]) -> dict[str, Measurement]:
         assert manifest.variant["quantization"]["mode"] == name
         assert manifest.variant["rejected"] is None
         assert manifest.metrics is not None
-        assert manifest.metrics["accuracy"] == pytest.approx(m.score)
+        # selected on validation (m.score); the manifest reports the test file
+        assert manifest.metrics["accuracy"] == pytest.approx(m.test_metrics["accuracy"])
+        assert m.test_size > 0 and "(validation, " in m.selected_on
         # the bundle's dtypes are kept: int64 ids and mask in, float32 logits out
         graph = onnx.load(str(Path(m.bundle) / "model.onnx")).graph
         assert [i.type.tensor_type.elem_type for i in graph.input] == [onnx.TensorProto.INT64] * 2

@@ -15,8 +15,6 @@ from modelyard.bundle import (
     Manifest,
     PostProcess,
     TensorSpec,
-    list_versions,
-    next_version,
     read_manifest,
     resolve_bundle_dir,
     sha256_file,
@@ -24,6 +22,7 @@ from modelyard.bundle import (
     write_bundle,
 )
 from modelyard.errors import BundleError
+from modelyard.versions import list_versions, next_version
 
 pytestmark = pytest.mark.unit
 
@@ -74,11 +73,16 @@ def test_versions_increase_and_never_overwrite(tmp_path: Path) -> None:
     assert (first.version, second.version) == (1, 2)
     assert list_versions(tmp_path / "toy") == [1, 2]
     assert read_manifest(first.path).metrics == {"accuracy": 0.5}
-    assert verify_bundle(tmp_path / "toy").version == 2
-    assert verify_bundle(tmp_path / "toy", 1).version == 1
+    assert verify_bundle(tmp_path / "toy").version == 1  # the default stays where it was
+    assert verify_bundle(tmp_path / "toy", 2).version == 2
     assert next_version(tmp_path / "toy") == 3
-    # no temporary directories are left behind
-    assert sorted(p.name for p in (tmp_path / "toy").iterdir()) == ["1", "2"]
+    # no temporary directories are left behind: the versions, their record and its lock
+    assert sorted(p.name for p in (tmp_path / "toy").iterdir()) == [
+        ".aliases.lock",
+        "1",
+        "2",
+        "aliases.json",
+    ]
 
 
 def test_concurrent_writers_get_distinct_versions(tmp_path: Path) -> None:
@@ -127,7 +131,10 @@ def test_rename_race_takes_the_next_number(tmp_path: Path, monkeypatch) -> None:
 def test_resolve_bundle_dir(tmp_path: Path) -> None:
     write_bundle(tmp_path, manifest(), FILES)
     write_bundle(tmp_path, manifest(), FILES)
-    assert resolve_bundle_dir(tmp_path / "toy") == tmp_path / "toy" / "2"
+    # the first version is the default until someone moves it; a new version never does
+    assert resolve_bundle_dir(tmp_path / "toy") == tmp_path / "toy" / "1"
+    assert resolve_bundle_dir(tmp_path / "toy", "default") == tmp_path / "toy" / "1"
+    assert resolve_bundle_dir(tmp_path / "toy", 2) == tmp_path / "toy" / "2"
     assert resolve_bundle_dir(tmp_path / "toy" / "1") == tmp_path / "toy" / "1"
     with pytest.raises(BundleError, match="no version 7; available: 1, 2"):
         resolve_bundle_dir(tmp_path / "toy", 7)

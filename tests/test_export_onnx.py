@@ -23,12 +23,13 @@ import pytest
 from helpers.synthetic import BAD, FILLER, GOOD
 
 from modelyard.batch_predict import predict_file
-from modelyard.bundle import Bundle, list_versions, sha256_file
+from modelyard.bundle import Bundle, sha256_file
 from modelyard.config import MODEL_KINDS, TASKS, load_config
 from modelyard.errors import BundleError
 from modelyard.exporters import export
 from modelyard.metrics import PRIMARY_METRIC
 from modelyard.runtime import evaluate_bundle, load
+from modelyard.versions import list_versions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,10 +13,13 @@ from typing import Any
 import pytest
 
 from modelyard.choice import choose
+from modelyard.compress import compress
 from modelyard.config import TargetConfig, load_config
 from modelyard.errors import BundleError
 from modelyard.measure import Measurement
 from modelyard.pipeline import _tflite_variants, format_summary, run_pipeline
+from modelyard.runtime import load
+from modelyard.versions import default_version, read_record
 
 WORDS = {"neg": "bad", "pos": "good"}
 FILLER = ["the", "a", "movie", "film", "plot", "story", "scene", "was", "is", "quite"]
@@ -99,6 +102,24 @@ def test_run_walks_the_road_and_writes_the_report(
     assert "int8-dynamic" in out and "server  -> " in out and "edge    -> none: " in out
     assert f"report: {result.report_path}" in out
 
+    # selected on validation, reported on test: each says where it came from
+    for m in result.variants:
+        assert "(validation, 12 texts)" in m.selected_on and m.num_scored == 12
+        assert m.test_size == 24 and "accuracy" in m.test_metrics
+    assert "validation accuracy" in page and "test accuracy" in page
+    assert "95% CI" in page  # the trained model's test accuracy with its interval
+
+    # what is served is what was chosen: the server alias names the chosen version ...
+    model_dir = tmp_path / "models" / "road"
+    assert read_record(model_dir).aliases["server"] == server.variant.version
+    assert saved["choices"]["server"]["alias"] == "server"
+    assert default_version(model_dir, alias="server") == server.variant.version
+    assert load(model_dir, "server").version == server.variant.version
+    # ... and a later compress into the same repository does not move it
+    compress(result.run.dir, quantize=["fp16"], latency_runs=2, throughput_batches=1)
+    assert default_version(model_dir, alias="server") == server.variant.version
+    assert load(model_dir).version == read_record(model_dir).aliases["default"] == 1
+
 
 @pytest.mark.unit
 def test_tflite_that_cannot_be_built_is_a_note_not_a_crash(
@@ -156,6 +177,6 @@ def test_summary_lists_variants_and_choices() -> None:
     lines = text.splitlines()
     assert lines[0].split()[:3] == ["variant", "format", "size"]
     assert "rejected: drop 3 > 1" in lines[3]
-    assert "server  -> int8-dynamic (models/x/int8-dynamic)" in text
+    assert "server  -> int8-dynamic (models/x/int8-dynamic; alias server -> version 1)" in text
     assert "tiny    -> none: no variant fits: smallest onnx variant int8-dynamic is 1 MB" in text
     assert lines[-1] == "note: a note"

@@ -100,11 +100,12 @@ def test_truncation_to_max_length(repo: Path) -> None:
     assert max(len(s) for s in predictor.encode([LONG])) == predictor.manifest.max_length
 
 
-def test_latest_version_by_default_any_on_request(tmp_path: Path) -> None:
+def test_default_version_by_default_any_on_request(tmp_path: Path) -> None:
     make_bundle(tmp_path, "binary", name="m", seed=0)
     make_bundle(tmp_path, "binary", name="m", seed=1)
     assert list_versions(tmp_path / "m") == [1, 2]
-    latest, first = load(tmp_path / "m"), load(tmp_path / "m", version=1)
+    # a new version is not served until an alias moves: the default stays the first
+    latest, first = load(tmp_path / "m", version=2), load(tmp_path / "m")
     assert (latest.version, first.version) == (2, 1)
     assert load(tmp_path / "m" / "1").version == 1
     assert latest.predict(TEXTS)[0].scores != first.predict(TEXTS)[0].scores

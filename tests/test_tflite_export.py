@@ -20,12 +20,13 @@ pytest.importorskip("ai_edge_litert", reason="the LiteRT runtime needs ai-edge-l
 
 from helpers.synthetic import BAD, FILLER, GOOD
 
-from modelyard.bundle import Bundle, list_versions
+from modelyard.bundle import Bundle
 from modelyard.config import load_config
 from modelyard.errors import BundleError
 from modelyard.exporters.tflite import INT8_ATOL, export_tflite
 from modelyard.runtime import load
 from modelyard.runtime.litert import LiteRTBackend
+from modelyard.versions import list_versions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -19,6 +19,7 @@ from modelyard.config import Config, validate_config
 from modelyard.data import LabelSpace, load_splits, read_table
 from modelyard.errors import BundleError, ConfigError, DataError
 from modelyard.exporters import export
+from modelyard.measure import LabelledTexts
 from modelyard.runs import Run, is_run_dir
 from modelyard.tokenize import encode
 from modelyard.versions import list_versions
@@ -28,12 +29,19 @@ log = logging.getLogger("modelyard.compress")
 
 @dataclass
 class EvalData:
-    """The labelled texts every variant is scored on, and the training texts for calibration."""
+    """The labelled texts variants are selected on (``split``: validation, or a given file),
+    the test texts they are reported on, and the training texts for calibration."""
 
     texts: list[str]
     targets: np.ndarray
     source: str
     train_texts: list[str] = field(default_factory=list)
+    split: str = "file"
+    test: LabelledTexts | None = None
+
+    @property
+    def described(self) -> str:
+        return f"{self.source} ({self.split}, {len(self.texts)} texts)"
 
 
 @dataclass
@@ -154,7 +162,7 @@ def eval_data(config: Config | None, manifest: Manifest, data: str | Path | None
             delimiter=data_cfg.get("label_delimiter"),
         )
         targets = space.encode(table.raw_labels or [], path=table.path, lines=table.lines)
-        return EvalData(list(table.texts), targets, str(data))
+        return EvalData(list(table.texts), targets, str(data), split="file")
     if config is None:
         raise DataError("no test data: the bundle records no config to find it in; pass data=FILE")
     splits = load_splits(config)
@@ -162,9 +170,21 @@ def eval_data(config: Config | None, manifest: Manifest, data: str | Path | None
         raise DataError(
             f"the data's labels {splits.labels.labels} differ from the bundle's {manifest.labels}"
         )
-    examples = splits.test if splits.test is not None else splits.validation
+    # select on validation, report on test: the numbers a user reads never picked the variant
+    test = None
+    if splits.test is not None:
+        t = splits.test
+        test = LabelledTexts(list(t.texts), t.targets, str(t.source), "test")
+    v = splits.validation
+    if not v.texts:
+        raise DataError("no validation texts to select variants on: set data.validation_split > 0")
     return EvalData(
-        list(examples.texts), examples.targets, str(examples.source), list(splits.train.texts)
+        list(v.texts),
+        v.targets,
+        str(v.source),
+        list(splits.train.texts),
+        split="validation",
+        test=test,
     )
 
 

@@ -4,7 +4,6 @@ its measurements (and whether it was rejected) in its manifest."""
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,7 +13,6 @@ import modelyard
 from modelyard.bundle import Manifest, now_iso, write_bundle
 from modelyard.compress.sources import EvalData, Source
 from modelyard.measure import Measurement, measure_bundle
-from modelyard.metrics import json_safe
 
 log = logging.getLogger("modelyard.compress")
 
@@ -82,6 +80,8 @@ def measure_variant(
         throughput_batches=settings.throughput_batches,
         name=name,
         intra_op_threads=settings.intra_op_threads,
+        selected_on=evaluation.described,
+        test=evaluation.test,
     )
 
 
@@ -117,20 +117,10 @@ def write_variant(
             name=variant["name"],
             ref=settings.reference_score,
         )
-    measured = {
-        "size_mb": m.size_mb,
-        "p50_ms": m.p50_ms,
-        "p99_ms": m.p99_ms,
-        "throughput": m.throughput,
-        "score": m.score,
-        "drop": m.drop,
-        "data": evaluation.source,
-        "num_texts": len(evaluation.texts),
-    }
     final = replace(
         manifest,
-        metrics={k: v for k, v in m.metrics.items() if math.isfinite(v)},
-        variant={**variant, "measured": json_safe(measured), "rejected": m.rejected},
+        metrics=m.manifest_metrics(),
+        variant={**variant, "measured": m.manifest_record(), "rejected": m.rejected},
     )
     bundle = write_bundle(settings.repo, final, files)
     m.bundle, m.version = str(bundle.path), bundle.version

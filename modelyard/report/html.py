@@ -19,6 +19,8 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modelyard.metrics import proportion_interval
+
 if TYPE_CHECKING:
     from modelyard.choice import Choice
     from modelyard.config import TargetConfig
@@ -44,6 +46,7 @@ class ReportContent:
         created_at: when the report was made (shown in the header).
         run_dir: the run directory (shown in the header).
         higher_is_better: direction of ``metric`` (shown next to the score column).
+        test_size: how many test texts ``test_metrics`` were measured on (for the interval).
     """
 
     name: str
@@ -60,6 +63,7 @@ class ReportContent:
     created_at: str = ""
     run_dir: str = ""
     higher_is_better: bool = True
+    test_size: int | None = None  # how many test texts test_metrics were measured on
 
 
 def write_report(content: ReportContent, path: str | Path) -> Path:
@@ -182,8 +186,8 @@ def _variants_table(c: ReportContent) -> str:
         "<tr><th>variant</th><th>format</th><th>version</th><th class='num'>size MB</th>"
         "<th class='num'>p50 ms</th><th class='num'>p99 ms</th>"
         "<th class='num'>texts/s (batch 32)</th>"
-        f"<th class='num'>{_e(c.metric)}</th><th class='num'>drop ({drop_unit})</th>"
-        "<th>status</th></tr>"
+        f"<th class='num'>validation {_e(c.metric)}</th><th class='num'>drop ({drop_unit})</th>"
+        f"<th class='num'>test {_e(c.metric)}</th><th>status</th></tr>"
     )
     rows = []
     for m in c.variants:
@@ -200,26 +204,46 @@ def _variants_table(c: ReportContent) -> str:
             f"<td class='num'>{_size(m.size_mb)}</td><td class='num'>{_fmt(m.p50_ms, 2)}</td>"
             f"<td class='num'>{_fmt(m.p99_ms, 2)}</td><td class='num'>{_fmt(m.throughput, 0)}</td>"
             f"<td class='num'>{_fmt(m.score, 4)}</td><td class='num'>{_fmt(m.drop, 2)}</td>"
-            f"<td>{_e(status)}</td></tr>"
+            f"<td class='num'>{_test_cell(m, c.metric)}</td><td>{_e(status)}</td></tr>"
         )
     return (
         "<section><h2>Variants</h2><p class='muted small'>Latency at batch 1 and throughput "
-        "include tokenization; metrics are on the test data through the runtime.</p>"
+        "include tokenization. Variants are rejected and chosen on the validation split; the "
+        "test column (with its 95% Wilson interval for accuracy) was never used to choose. "
+        "All scores are measured through the runtime.</p>"
         f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table></section>"
     )
+
+
+def _test_cell(m: Measurement, metric: str) -> str:
+    value = m.test_score(metric)
+    if not m.test_metrics:
+        return "–"
+    if metric != "accuracy" or not m.test_size:
+        return _fmt(value, 4)
+    lo, hi = proportion_interval(value, m.test_size)
+    return f"{_fmt(value, 4)} <span class='muted small'>[{_fmt(lo, 3)}, {_fmt(hi, 3)}]</span>"
 
 
 def _metrics(c: ReportContent) -> str:
     if not c.test_metrics:
         return ""
-    cells = "".join(
-        f"<div class='metric'><span class='value'>{_fmt(v, 4)}</span>"
-        f"<span class='name'>{_e(k)}</span></div>"
-        for k, v in c.test_metrics.items()
-    )
+    cells = []
+    for k, v in c.test_metrics.items():
+        interval = ""
+        if k == "accuracy" and c.test_size:
+            lo, hi = proportion_interval(float(v), c.test_size)
+            interval = (
+                f"<span class='name'>95% CI {_fmt(lo, 3)}–{_fmt(hi, 3)}, n={c.test_size}</span>"
+            )
+        cells.append(
+            f"<div class='metric'><span class='value'>{_fmt(v, 4)}</span>"
+            f"<span class='name'>{_e(k)}</span>{interval}</div>"
+        )
+    joined = "".join(cells)
     return (
         "<section><h2>Trained model on the test data</h2>"
-        f"<div class='metrics'>{cells}</div></section>"
+        f"<div class='metrics'>{joined}</div></section>"
     )
 
 

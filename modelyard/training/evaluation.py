@@ -21,7 +21,9 @@ from modelyard.metrics import (
     compute_metrics,
     confusion_matrix,
     format_class_table,
+    format_with_interval,
     per_class_report,
+    proportion_interval,
 )
 from modelyard.plots import plot_confusion_matrix, plot_learning_curves
 from modelyard.runs import Run, is_run_dir
@@ -106,11 +108,13 @@ def _evaluate_run(
         texts, source = table.texts, table.path
         own = cfg.test is not None and Path(data).resolve() == Path(cfg.test).resolve()
         default_dir = run.paths.eval_dir if own else run.paths.eval_dir / Path(data).stem
+        split = "test" if own else "file"
     else:
         splits = load_splits(run.config)
         examples = splits.test if splits.test is not None else splits.validation
         texts, targets, source = examples.texts, examples.targets, examples.source
         default_dir = run.paths.eval_dir
+        split = "test" if splits.test is not None else "validation"
     return evaluate_examples(
         run,
         texts,
@@ -118,6 +122,7 @@ def _evaluate_run(
         source=str(source),
         out_dir=Path(out_dir) if out_dir is not None else default_dir,
         which=which,
+        split=split,
     )
 
 
@@ -129,6 +134,7 @@ def evaluate_examples(
     source: str,
     out_dir: Path,
     which: str = "best",
+    split: str = "test",
 ) -> EvalResult:
     """Score encoded-label examples with a run's model and write the evaluation files.
 
@@ -139,6 +145,8 @@ def evaluate_examples(
         source: where the texts came from (for the report).
         out_dir: where metrics.json, report.txt and the PNGs go.
         which: ``best`` or ``last``.
+        split: what the texts are: ``test`` (the run's test file: its metrics become the run's
+            test metrics), ``validation`` (the run had no test file) or ``file`` (other data).
 
     Returns:
         An :class:`EvalResult`.
@@ -159,9 +167,14 @@ def evaluate_examples(
         "task": task,
         "data": source,
         "checkpoint": which,
+        "split": split,
         "num_examples": len(texts),
         "metrics": {k: (v if np.isfinite(v) else None) for k, v in metrics.items()},
     }
+    if "accuracy" in metrics and np.isfinite(metrics["accuracy"]):
+        payload["intervals"] = {
+            "accuracy": list(proportion_interval(metrics["accuracy"], len(texts)))
+        }
     if confusion is not None:
         payload["labels"] = labels
         payload["confusion_matrix"] = confusion.tolist()
@@ -199,12 +212,13 @@ def format_report(
     lines = [
         f"run:        {payload['run']}",
         f"task:       {payload['task']}",
-        f"data:       {payload['data']} ({payload['num_examples']} examples)",
+        f"data:       {payload['data']} ({payload['num_examples']} examples, {payload['split']})",
         f"checkpoint: {payload['checkpoint']}",
         "",
     ]
     width = max((len(k) for k in metrics), default=0)
-    lines += [f"{k:<{width}}  {v:.4f}" for k, v in metrics.items()]
+    n = int(payload["num_examples"])
+    lines += [format_with_interval(f"{k:<{width}} ", v, n) for k, v in metrics.items()]
     if report:
         lines += ["", format_class_table(report, digits=4)]
     return "\n".join(lines) + "\n"

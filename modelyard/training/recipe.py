@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from modelyard.config import Config
+from modelyard.metrics import format_with_interval
 from modelyard.plots import plot_learning_curves
 from modelyard.runs import Run
 from modelyard.training.environment import torch_settings
@@ -45,13 +46,18 @@ def finish(session: Session) -> Run:
             source=session.test.source,
             out_dir=paths.eval_dir,
         )
-        log.info("test (%s): %s", session.test.source, _metrics_line(result.metrics))
+        log.info(
+            "test (%s): %s",
+            session.test.source,
+            _metrics_line(result.metrics, result.num_examples),
+        )
         run.test_metrics = result.metrics
+        run.test_size = result.num_examples
     return run
 
 
-def _metrics_line(metrics: dict[str, float]) -> str:
-    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+def _metrics_line(metrics: dict[str, float], n: int) -> str:
+    return "  ".join(format_with_interval(k, v, n) for k, v in metrics.items())
 
 
 def close(session: Session) -> None:

@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "metrics",
             "plots",
             "bundle",
+            "versions",
             "runs",
             "data",
             "tokenize",
