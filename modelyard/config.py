@@ -73,7 +73,7 @@ class TokenizerConfig(_Strict):
     max_length: int = Field(100, ge=1, le=8192)
     padding_side: Literal["left", "right"] = "right"
     truncation_side: Literal["left", "right"] = "right"
-    path: str | None = None  # pretrained: a local directory holding tokenizer.json
+    path: str | None = None  # pretrained: a model directory holding tokenizer.json, or package:NAME
 
 
 # ------------------------------------------------------------------------------------- models
@@ -121,8 +121,28 @@ class TransformerConfig(_Strict):
         return self
 
 
-ModelConfig = Annotated[Union[RNNConfig, CNNConfig, TransformerConfig], Field(discriminator="kind")]
-MODEL_KINDS: tuple[str, ...] = ("lstm", "gru", "cnn", "transformer")
+class PretrainedModelConfig(_Strict):
+    """A pretrained encoder from a local Hugging Face model directory, with a task head on it.
+
+    ``path`` is the directory (config.json, safetensors weights, tokenizer.json), or
+    ``package:NAME`` for a Python package that ships one (its ``get_model_path()``); it is
+    resolved when the model is built, so a config naming an absent package still validates.
+    """
+
+    kind: Literal["pretrained"]
+    path: str = Field(min_length=1)
+    pooling: Literal["cls", "mean"] = "mean"
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)  # on the pooled features, before the head
+    freeze_embeddings: bool = False
+    freeze_layers: int = Field(0, ge=0)  # the first N encoder layers keep their weights
+    gradient_checkpointing: bool = False
+
+
+ModelConfig = Annotated[
+    Union[RNNConfig, CNNConfig, TransformerConfig, PretrainedModelConfig],
+    Field(discriminator="kind"),
+]
+MODEL_KINDS: tuple[str, ...] = ("lstm", "gru", "cnn", "transformer", "pretrained")
 
 
 # ------------------------------------------------------------------------------------- train
@@ -134,6 +154,8 @@ class OptimizerConfig(_Strict):
     nesterov: bool = False  # sgd
     betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
     eps: float = Field(1e-8, gt=0.0)
+    # layer-wise lr decay: layer i of L gets lr * layer_decay ** (L + 1 - i), embeddings i = 0
+    layer_decay: float = Field(1.0, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> OptimizerConfig:
@@ -273,6 +295,36 @@ class Config(_Strict):
     targets: dict[str, TargetConfig] = Field(default_factory=dict)
     serve: ServeConfig = ServeConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pretrained_tokenizer(cls, raw: Any) -> Any:
+        # a pretrained encoder only understands its own vocabulary: its directory's tokenizer
+        # is the default (tokenizer.kind and tokenizer.path follow model.path)
+        if not isinstance(raw, dict):
+            return raw
+        model = raw.get("model")
+        kind = model.get("kind") if isinstance(model, dict) else getattr(model, "kind", None)
+        if kind != "pretrained":
+            return raw
+        path = model.get("path") if isinstance(model, dict) else getattr(model, "path", None)
+        tokenizer = raw.get("tokenizer")
+        if tokenizer is None or isinstance(tokenizer, dict):
+            tokenizer = dict(tokenizer or {})
+            tokenizer.setdefault("kind", "pretrained")
+            if tokenizer["kind"] == "pretrained":
+                tokenizer.setdefault("path", path)
+            raw = {**raw, "tokenizer": tokenizer}
+        return raw
+
+    @model_validator(mode="after")
+    def _pretrained_needs_its_tokenizer(self) -> Config:
+        if self.model.kind == "pretrained" and self.tokenizer.kind != "pretrained":
+            raise ValueError(
+                "model.kind 'pretrained' needs tokenizer.kind 'pretrained' (the model's own "
+                f"vocabulary), got {self.tokenizer.kind!r}"
+            )
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
@@ -359,6 +411,7 @@ _MODEL_BY_KIND: dict[str, type[BaseModel]] = {
     "gru": RNNConfig,
     "cnn": CNNConfig,
     "transformer": TransformerConfig,
+    "pretrained": PretrainedModelConfig,
 }
 
 
