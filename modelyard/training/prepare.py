@@ -29,6 +29,7 @@ from modelyard.training.checkpoint import restore_checkpoint
 from modelyard.training.environment import resolve_device, seed_everything
 from modelyard.training.losses import build_loss
 from modelyard.training.optim import build_optimizer, build_schedule
+from modelyard.training.param_groups import parameter_groups
 from modelyard.training.state import EncodedSplit, Session, write_run_json
 
 if TYPE_CHECKING:
@@ -202,7 +203,7 @@ def setup(config: Config, *, resume: bool = False, overwrite: bool = False) -> S
     loss_fn = build_loss(tcfg.loss, config.task, train_split.targets, splits.labels.num_outputs).to(
         device
     )
-    optimizer = build_optimizer(model.parameters(), tcfg.optimizer)
+    optimizer = build_optimizer(parameter_groups(model, tcfg.optimizer), tcfg.optimizer)
     n_batches = batches_per_epoch(config, train_split.lengths)
     steps_per_epoch = math.ceil(n_batches / tcfg.grad_accum_steps)
     schedule = build_schedule(
