@@ -203,6 +203,8 @@ class TrainConfig(_Strict):
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint_every_steps: int | None = Field(None, ge=1)  # mid-epoch checkpoints for resume
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # bf16: training forward passes under autocast (weights, validation and export stay fp32)
+    precision: Literal["fp32", "bf16"] = "fp32"
     num_threads: int | None = Field(None, ge=1)
     tensorboard: bool = False
     progress: bool = True

