@@ -336,7 +336,9 @@ def tiny_run_config(root: Path, path: str, **model: Any) -> Any:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_train_export_compress_round_trip(bert_dir: Path, tmp_path: Path) -> None:
+def test_train_export_compress_round_trip(
+    bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from modelyard.compress import compress
     from modelyard.train import predict_texts
 
@@ -356,6 +358,11 @@ def test_train_export_compress_round_trip(bert_dir: Path, tmp_path: Path) -> Non
     got = predictor.infer(predictor.encode(texts))  # (N, 1) probabilities
     assert np.allclose(got, predict_texts(run, texts), atol=1e-5)
 
+    # ORT's symbolic shape inference is incomplete on BERT graphs and then writes files into
+    # the working directory; compress must leave the user's directory as it was
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
     measured = compress(
         bundle.path, quantize=["int8-dynamic"], latency_runs=5, throughput_batches=1
     )
@@ -363,6 +370,7 @@ def test_train_export_compress_round_trip(bert_dir: Path, tmp_path: Path) -> Non
     int8 = measured[1]
     assert int8.size_mb < measured[0].size_mb
     assert np.isfinite(int8.score)
+    assert list(workdir.iterdir()) == []
 
 
 @pytest.mark.integration
