@@ -121,6 +121,19 @@ class TransformerConfig(_Strict):
         return self
 
 
+class LoRAConfig(_Strict):
+    """Low-rank adapters (``peft``) on the encoder's linear layers; the base weights stay frozen.
+
+    Merged into the weights they adapt when a run's model is loaded for evaluation or export,
+    so a bundle holds the plain encoder graph.
+    """
+
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
+
+
 class PretrainedModelConfig(_Strict):
     """A pretrained encoder from a local Hugging Face model directory, with a task head on it.
 
@@ -136,6 +149,7 @@ class PretrainedModelConfig(_Strict):
     freeze_embeddings: bool = False
     freeze_layers: int = Field(0, ge=0)  # the first N encoder layers keep their weights
     gradient_checkpointing: bool = False
+    lora: LoRAConfig | None = None  # adapters instead of full fine-tuning
 
 
 ModelConfig = Annotated[

@@ -305,6 +305,40 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path: Path) -> None
         assert torch.allclose(plain, checkpointed, atol=1e-6)
 
 
+HAS_PEFT = importlib.util.find_spec("peft") is not None
+needs_peft = pytest.mark.skipif(not HAS_PEFT, reason="needs peft (the train extra)")
+
+
+@needs_peft
+def test_lora_trains_adapters_only_and_merges_to_the_same_outputs(bert_dir: Path) -> None:
+    model = tiny_model(bert_dir, lora={"r": 4, "alpha": 8})
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    assert any(".query.lora_A." in n for n in trainable)
+    assert any(".value.lora_B." in n for n in trainable)
+    groups = parameter_groups(model, OptimizerConfig(layer_decay=0.5))
+    assert sum(len(g["params"]) for g in groups) == len(trainable)
+    with torch.no_grad():  # lora_B starts at zero; move it so the merge has work to do
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    model.eval()
+    ids, mask = place([(torch.arange(2, 12), 0), (torch.arange(5, 9), 3)], 10)
+    with torch.no_grad():
+        before = model(ids, mask)
+        after = model.merge_adapters()(ids, mask)
+    assert torch.allclose(before, after, atol=1e-5)
+    names = [n for n, _ in model.named_parameters()]
+    assert not any("lora_" in n or "base_layer" in n for n in names)
+    assert "encoder.encoder.layer.0.attention.self.query.weight" in names
+
+
+@needs_peft
+def test_lora_targets_must_exist(bert_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="target_modules"):
+        tiny_model(bert_dir, lora={"target_modules": ["q_proj"]})
+
+
 # ------------------------------------------------------------------------------ down the road
 def tiny_run_config(root: Path, path: str, **model: Any) -> Any:
     data = write_synthetic(root, 48, 16)
@@ -371,6 +405,29 @@ def test_train_export_compress_round_trip(
     assert int8.size_mb < measured[0].size_mb
     assert np.isfinite(int8.score)
     assert list(workdir.iterdir()) == []
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@needs_peft
+def test_lora_run_exports_the_merged_encoder(bert_dir: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from modelyard.train import predict_texts
+
+    config = tiny_run_config(tmp_path, str(bert_dir), lora={"r": 4, "alpha": 8})
+    config.train.optimizer.lr = 0.01
+    run = modelyard.train(config)
+    bundle = modelyard.export(run, repo=tmp_path / "models")
+    assert bundle.manifest.parity is not None
+    assert bundle.manifest.parity["max_abs_diff"] <= 1e-4
+    graph = onnx.load(str(bundle.path / "model.onnx"))
+    assert not [t.name for t in graph.graph.initializer if "lora" in t.name]
+    texts = ["the good film", "a bad plot"]
+    predictor = modelyard.runtime.load(bundle.path)
+    assert np.allclose(
+        predictor.infer(predictor.encode(texts)), predict_texts(run, texts), atol=1e-5
+    )
 
 
 @pytest.mark.integration

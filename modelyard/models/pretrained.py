@@ -9,7 +9,9 @@ two inputs every model has.
 
 For fine-tuning recipes the classifier says which layer each parameter belongs to
 (:meth:`PretrainedClassifier.layer_of`: embeddings 0, encoder layer i is i + 1, the head on
-top), which layer-wise learning-rate decay (``train/param_groups.py``) reads.
+top), which layer-wise learning-rate decay (``train/param_groups.py``) reads. With
+``model.lora`` the encoder gets low-rank adapters (``peft``) and only they and the head train;
+:meth:`PretrainedClassifier.merge_adapters` folds them into the weights before export.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from modelyard.config import PretrainedModelConfig
+from modelyard.config import LoRAConfig, PretrainedModelConfig
 from modelyard.errors import ConfigError
 from modelyard.models.common import masked_mean, to_right_padding
 from modelyard.models.heads import make_head
@@ -68,6 +70,18 @@ class PretrainedClassifier(nn.Module):
         cls = self.pooling == "cls"
         pooled = hidden[:, 0] if cls else masked_mean(hidden, batch.valid)  # (B, C)
         return self.head(self.dropout(pooled))
+
+    def merge_adapters(self) -> PretrainedClassifier:
+        """Fold LoRA adapters into the weights they adapt and drop them (no-op without LoRA).
+
+        The outputs stay the same; the modules become the encoder's own ``nn.Linear`` again,
+        so the exported graph is the plain encoder's.
+        """
+        for name, layer in _tuner_layers(self.encoder):
+            layer.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(self.encoder.get_submodule(parent), child, layer.get_base_layer())
+        return self
 
     def layer_of(self, name: str) -> int:
         """The layer a parameter belongs to: 0 embeddings, i + 1 encoder layer i, else the top.
@@ -134,6 +148,8 @@ def build_pretrained(
         dropout=cfg.dropout,
         head=make_head(task, hidden, num_outputs),
     )
+    if cfg.lora is not None:
+        add_lora(encoder, cfg.lora)
     if cfg.gradient_checkpointing:
         # non-reentrant: works with frozen embeddings (inputs without grad) and keeps RNG state
         encoder.activation_checkpointing_enable({"use_reentrant": False})
@@ -197,6 +213,36 @@ def load_encoder(path: str) -> Any:
     if getattr(encoder, "pooler", None) is not None:
         encoder.pooler = None
     return encoder.train()
+
+
+def add_lora(encoder: nn.Module, cfg: LoRAConfig) -> None:
+    """Inject LoRA adapters into ``encoder`` in place; only the adapters stay trainable.
+
+    Raises:
+        ConfigError: peft is missing, or no module matches ``cfg.target_modules``.
+    """
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise ConfigError("model.lora needs peft: pip install 'modelyard[train]'") from None
+    config = LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+    )
+    try:
+        inject_adapter_in_model(config, encoder)
+    except ValueError as exc:  # peft's error for target modules the model does not have
+        raise ConfigError(f"model.lora.target_modules: {exc}") from None
+
+
+def _tuner_layers(module: nn.Module) -> list[tuple[str, Any]]:
+    if not any("lora_" in name for name, _ in module.named_parameters()):
+        return []  # no adapters: do not import peft
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, BaseTunerLayer)]
 
 
 @contextlib.contextmanager
