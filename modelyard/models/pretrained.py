@@ -201,7 +201,7 @@ def load_encoder(path: str) -> Any:
         raise ConfigError(
             "model.kind 'pretrained' needs transformers: pip install 'modelyard[train]'"
         ) from None
-    with _quiet_transformers():
+    with _quiet_loggers(_NOISY_ON_IMPORT), _quiet_transformers():
         try:
             encoder = AutoModel.from_pretrained(
                 str(directory), local_files_only=True, use_safetensors=True
@@ -243,6 +243,26 @@ def _tuner_layers(module: nn.Module) -> list[tuple[str, Any]]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return [(n, m) for n, m in module.named_modules() if isinstance(m, BaseTunerLayer)]
+
+
+# loading a model makes transformers import torchao when it is installed (the mobile extra's
+# litert-torch pulls it in); torchao then logs that its optional CUDA kernels are missing, which
+# says nothing to a user here
+_NOISY_ON_IMPORT = ("torchao", "torch.utils._pytree")
+
+
+@contextlib.contextmanager
+def _quiet_loggers(names: tuple[str, ...]) -> Iterator[None]:
+    """Only errors from the ``names`` loggers inside the block."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 @contextlib.contextmanager
