@@ -431,12 +431,17 @@ def test_lora_run_exports_the_merged_encoder(bert_dir: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.integration
-def test_bf16_autocast_trains_and_keeps_fp32_weights(bert_dir: Path, tmp_path: Path) -> None:
+def test_bf16_autocast_trains_and_keeps_fp32_weights(
+    bert_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from modelyard.train import load_model
 
     config = tiny_run_config(tmp_path, str(bert_dir))
     config.train.precision = "bf16"
-    run = modelyard.train(config)
+    with caplog.at_level("WARNING", logger="modelyard.training"):
+        run = modelyard.train(config)
+    emulated = not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert ("no native bf16" in caplog.text) == emulated
     assert np.isfinite(run.history[0]["train_loss"]) and np.isfinite(run.history[0]["val_loss"])
     model = load_model(run)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
