@@ -158,6 +158,25 @@ def test_the_pooler_is_dropped_and_every_parameter_trains(bert_dir: Path) -> Non
     assert missing == []
 
 
+def test_a_distilbert_encoder_works_too(tmp_path: Path) -> None:
+    from transformers import DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(0)
+    config = DistilBertConfig(
+        vocab_size=VOCAB, dim=32, n_layers=2, n_heads=2, hidden_dim=37, max_position_embeddings=64
+    )
+    DistilBertModel(config).save_pretrained(tmp_path, safe_serialization=True)
+    model = tiny_model(tmp_path, pooling="mean").eval()
+    assert model.num_layers == 2 and not model.token_types
+    assert model.layer_of("encoder.transformer.layer.1.ffn.lin1.weight") == 2
+    assert model.layer_of("encoder.embeddings.word_embeddings.weight") == 0
+    ids, mask = place([(torch.arange(2, 12), 0), (torch.arange(5, 9), 3)], 10)
+    with torch.no_grad():
+        batched = model(ids, mask)
+        alone = model(torch.arange(5, 9)[None], torch.ones(1, 4, dtype=torch.long))
+    assert torch.allclose(batched[1], alone[0], atol=1e-5)
+
+
 def test_pickled_weights_are_refused(tmp_path: Path) -> None:
     directory = save_tiny_bert(tmp_path / "old", safetensors=False)
     assert (directory / "pytorch_model.bin").is_file()

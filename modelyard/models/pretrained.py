@@ -55,17 +55,18 @@ class PretrainedClassifier(nn.Module):
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.head = head
+        # BERT and RoBERTa take token types (zeros here); DistilBERT has none
+        self.token_types = int(getattr(encoder.config, "type_vocab_size", 0) or 0) > 0
         self.layer_prefixes = _layer_prefixes(encoder, "encoder.")
         self.num_layers = len(self.layer_prefixes) - 1  # entry 0 is the embeddings
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Logits (B, num_outputs) for ids and mask of shape (B, T), padded on either side."""
         batch = to_right_padding(input_ids, attention_mask)
-        hidden = self.encoder(
-            input_ids=batch.ids,
-            attention_mask=batch.valid.to(torch.long),
-            token_type_ids=torch.zeros_like(batch.ids),
-        ).last_hidden_state  # (B, T, C)
+        inputs = {"input_ids": batch.ids, "attention_mask": batch.valid.to(torch.long)}
+        if self.token_types:
+            inputs["token_type_ids"] = torch.zeros_like(batch.ids)
+        hidden = self.encoder(**inputs).last_hidden_state  # (B, T, C)
         # cls: the first token, BERT's [CLS] (real tokens start at 0 after the rotation)
         cls = self.pooling == "cls"
         pooled = hidden[:, 0] if cls else masked_mean(hidden, batch.valid)  # (B, C)
