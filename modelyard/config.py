@@ -73,7 +73,7 @@ class TokenizerConfig(_Strict):
     max_length: int = Field(100, ge=1, le=8192)
     padding_side: Literal["left", "right"] = "right"
     truncation_side: Literal["left", "right"] = "right"
-    path: str | None = None  # pretrained: a local directory holding tokenizer.json
+    path: str | None = None  # pretrained: a model directory holding tokenizer.json, or package:NAME
 
 
 # ------------------------------------------------------------------------------------- models
@@ -121,8 +121,37 @@ class TransformerConfig(_Strict):
         return self
 
 
-ModelConfig = Annotated[Union[RNNConfig, CNNConfig, TransformerConfig], Field(discriminator="kind")]
-MODEL_KINDS: tuple[str, ...] = ("lstm", "gru", "cnn", "transformer")
+class LoRAConfig(_Strict):
+    """LoRA adapters (``peft``) on the encoder, base weights frozen; merged before export."""
+
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
+
+
+class PretrainedModelConfig(_Strict):
+    """A local Hugging Face encoder (config.json, safetensors, tokenizer.json) with a task head.
+
+    ``path``: the directory, or ``package:NAME`` (that package's ``get_model_path()``), resolved
+    when the model is built, so a config naming an absent package still validates.
+    """
+
+    kind: Literal["pretrained"]
+    path: str = Field(min_length=1)
+    pooling: Literal["cls", "mean"] = "mean"
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)  # on the pooled features, before the head
+    freeze_embeddings: bool = False
+    freeze_layers: int = Field(0, ge=0)  # the first N encoder layers keep their weights
+    gradient_checkpointing: bool = False
+    lora: LoRAConfig | None = None  # adapters instead of full fine-tuning
+
+
+ModelConfig = Annotated[
+    Union[RNNConfig, CNNConfig, TransformerConfig, PretrainedModelConfig],
+    Field(discriminator="kind"),
+]
+MODEL_KINDS: tuple[str, ...] = ("lstm", "gru", "cnn", "transformer", "pretrained")
 
 
 # ------------------------------------------------------------------------------------- train
@@ -134,6 +163,8 @@ class OptimizerConfig(_Strict):
     nesterov: bool = False  # sgd
     betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
     eps: float = Field(1e-8, gt=0.0)
+    # layer-wise lr decay: layer i of L gets lr * layer_decay ** (L + 1 - i), embeddings i = 0
+    layer_decay: float = Field(1.0, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> OptimizerConfig:
@@ -181,6 +212,8 @@ class TrainConfig(_Strict):
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint_every_steps: int | None = Field(None, ge=1)  # mid-epoch checkpoints for resume
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # bf16: training forward passes under autocast (weights, validation and export stay fp32)
+    precision: Literal["fp32", "bf16"] = "fp32"
     num_threads: int | None = Field(None, ge=1)
     tensorboard: bool = False
     progress: bool = True
@@ -273,6 +306,24 @@ class Config(_Strict):
     targets: dict[str, TargetConfig] = Field(default_factory=dict)
     serve: ServeConfig = ServeConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pretrained_tokenizer(cls, raw: Any) -> Any:
+        # a pretrained encoder reads only its own vocabulary: tokenizer.kind and .path follow it
+        model = raw.get("model") if isinstance(raw, dict) else None
+        tokenizer = raw.get("tokenizer") if isinstance(raw, dict) else None
+        tokenizer_raw = tokenizer is None or isinstance(tokenizer, dict)
+        if isinstance(model, dict) and model.get("kind") == "pretrained" and tokenizer_raw:
+            tokenizer = {"kind": "pretrained", "path": model.get("path"), **(tokenizer or {})}
+            raw = {**raw, "tokenizer": tokenizer}
+        return raw
+
+    @model_validator(mode="after")
+    def _pretrained_needs_its_tokenizer(self) -> Config:
+        if self.model.kind == "pretrained" and self.tokenizer.kind != "pretrained":
+            raise ValueError("model.kind 'pretrained' needs tokenizer.kind 'pretrained'")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
@@ -359,6 +410,7 @@ _MODEL_BY_KIND: dict[str, type[BaseModel]] = {
     "gru": RNNConfig,
     "cnn": CNNConfig,
     "transformer": TransformerConfig,
+    "pretrained": PretrainedModelConfig,
 }
 
 

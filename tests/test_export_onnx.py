@@ -125,7 +125,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
 
 
 @pytest.mark.parametrize("task", TASKS)
-@pytest.mark.parametrize("kind", MODEL_KINDS)
+# the pretrained kind needs a model directory: test_models_pretrained.py round-trips it
+@pytest.mark.parametrize("kind", [k for k in MODEL_KINDS if k != "pretrained"])
 def test_bundle_matches_run(runs: Runs, kind: str, task: str) -> None:
     if not FULL_MATRIX and (kind, task) not in DEFAULT_PAIRS:
         pytest.skip("off the default kind/task pairs; MODELYARD_EXPORT_MATRIX=full runs it")

@@ -373,6 +373,7 @@ def finetune(result: PruneResult, run: Any, epochs: int, *, max_steps: int | Non
     from modelyard.training.inference import to_tensors
     from modelyard.training.losses import build_loss
     from modelyard.training.optim import build_optimizer
+    from modelyard.training.param_groups import parameter_groups
 
     if epochs <= 0:
         return
@@ -385,7 +386,9 @@ def finetune(result: PruneResult, run: Any, epochs: int, *, max_steps: int | Non
     lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
     model = result.model
     loss_fn = build_loss(config.train.loss, config.task, targets, run.labels.num_outputs)
-    optimizer = build_optimizer(model.parameters(), config.train.optimizer)
+    optimizer = build_optimizer(
+        parameter_groups(model, config.train.optimizer), config.train.optimizer
+    )
     rng = np.random.default_rng([config.seed % 2**32, 1])
     torch.manual_seed(config.seed)
     model.train()

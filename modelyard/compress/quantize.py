@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -127,14 +129,33 @@ def preprocess(source: Path, target: Path) -> None:
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with quiet_ort():
+    source, target = source.resolve(), target.resolve()
+    with quiet_ort(), tempfile.TemporaryDirectory(prefix="modelyard-prep-") as scratch:
         try:
-            quant_pre_process(str(source), str(target))
+            with _working_directory(Path(scratch)):
+                quant_pre_process(str(source), str(target))
         except Exception:  # symbolic shape inference raises many types; retry without it
             try:
                 quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
             except Exception as exc:
                 raise BundleError(f"{source}: quantization pre-processing failed: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    """Run with ``path`` as the working directory.
+
+    When symbolic shape inference is incomplete (it is on BERT graphs), ORT saves the graph it
+    got to ``./sym_shape_infer_temp.onnx`` plus a weights file before raising; in a scratch
+    directory those go away instead of piling up wherever the user ran ``compress``. The working
+    directory is process-wide, so this is only for the offline compress path.
+    """
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def output_nodes(model: onnx.ModelProto) -> list[str]:

@@ -1,4 +1,4 @@
-"""Model families (torch): lstm, gru, cnn, transformer, built by name from the config.
+"""Model families (torch): lstm, gru, cnn, transformer, pretrained, built by name from the config.
 
 Every model maps ``(input_ids, attention_mask)`` of shape (B, T) to raw logits (B, outputs), is
 padding invariant (either side, any amount) and exports with ``torch.onnx.export(dynamo=True)``
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from modelyard.models.cnn import CNNClassifier, build_cnn
 from modelyard.models.heads import head_outputs, make_head
+from modelyard.models.pretrained import PretrainedClassifier, build_pretrained
 from modelyard.models.registry import MODEL_BUILDERS, build_model
 from modelyard.models.rnn import RNNClassifier, build_rnn
 from modelyard.models.transformer import TransformerClassifier, build_transformer
@@ -16,10 +17,12 @@ from modelyard.models.transformer import TransformerClassifier, build_transforme
 __all__ = [
     "MODEL_BUILDERS",
     "CNNClassifier",
+    "PretrainedClassifier",
     "RNNClassifier",
     "TransformerClassifier",
     "build_cnn",
     "build_model",
+    "build_pretrained",
     "build_rnn",
     "build_transformer",
     "head_outputs",

@@ -6,13 +6,14 @@ from collections.abc import Callable
 
 from torch import nn
 
-from modelyard.config import CNNConfig, RNNConfig, TransformerConfig
+from modelyard.config import CNNConfig, PretrainedModelConfig, RNNConfig, TransformerConfig
 from modelyard.errors import ConfigError
 from modelyard.models.cnn import build_cnn
+from modelyard.models.pretrained import build_pretrained
 from modelyard.models.rnn import build_rnn
 from modelyard.models.transformer import build_transformer
 
-AnyModelConfig = RNNConfig | CNNConfig | TransformerConfig
+AnyModelConfig = RNNConfig | CNNConfig | TransformerConfig | PretrainedModelConfig
 
 # builder(cfg, *, task, vocab_size, num_outputs, max_length, pad_id) -> nn.Module
 MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -20,6 +21,7 @@ MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "gru": build_rnn,
     "cnn": build_cnn,
     "transformer": build_transformer,
+    "pretrained": build_pretrained,
 }
 
 

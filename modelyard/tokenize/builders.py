@@ -15,6 +15,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from modelyard.config import CleanConfig, TokenizerConfig
 from modelyard.errors import ConfigError
 from modelyard.tokenize.clean import char_class, clean_normalizers, sequence
+from modelyard.tokenize.pretrained import PACKAGE_PREFIX, resolve_model_dir
 
 TokenizerBuilder = Callable[[TokenizerConfig, CleanConfig, Sequence[str]], Tokenizer]
 
@@ -158,13 +159,18 @@ def _train_subwords(
 def build_pretrained(cfg: TokenizerConfig, clean: CleanConfig, texts: Sequence[str]) -> Tokenizer:
     """Load ``cfg.path``/tokenizer.json, keep its pad id, and add cleaning, truncation, padding.
 
-    The tokenizer's own normalizer (and so its casing) is kept; ``cfg.lowercase`` does not apply.
+    The tokenizer's own normalizer (and so its casing) and post-processor (e.g. BERT's [CLS] and
+    [SEP]) are kept; ``cfg.lowercase`` does not apply. Padding is reset to the batch's longest
+    text (a Hugging Face tokenizer.json often pads to a fixed length) and truncation to
+    ``cfg.max_length``, special tokens included. ``cfg.path`` may be ``package:NAME``.
     """
     if not cfg.path:
         raise ConfigError(
             "tokenizer.path: required for kind 'pretrained' (a local directory with tokenizer.json)"
         )
     file = Path(cfg.path)
+    if cfg.path.startswith(PACKAGE_PREFIX):
+        file = resolve_model_dir(cfg.path, key="tokenizer.path")
     if file.is_dir() or not file.suffix:
         file = file / "tokenizer.json"
     if not file.is_file():

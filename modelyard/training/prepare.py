@@ -26,9 +26,10 @@ from modelyard.tokenize import build_tokenizer, encode, load_tokenizer, tokenize
 from modelyard.training.batches import batches_per_epoch
 from modelyard.training.callbacks import BestTracker, EarlyStopping, metric_mode, resolve_monitor
 from modelyard.training.checkpoint import restore_checkpoint
-from modelyard.training.environment import resolve_device, seed_everything
+from modelyard.training.environment import resolve_device, seed_everything, warn_slow_bf16
 from modelyard.training.losses import build_loss
 from modelyard.training.optim import build_optimizer, build_schedule
+from modelyard.training.param_groups import parameter_groups
 from modelyard.training.state import EncodedSplit, Session, write_run_json
 
 if TYPE_CHECKING:
@@ -152,6 +153,7 @@ def setup(config: Config, *, resume: bool = False, overwrite: bool = False) -> S
     paths = RunPaths(config.run_dir)
     tcfg = config.train
     device = resolve_device(tcfg.device)
+    warn_slow_bf16(tcfg.precision, device)
     _check_tensorboard(config)
     # everything that can fail on the config or the data fails here, before the run directory
     # is touched: --overwrite never deletes a run for a config that cannot train
@@ -202,7 +204,7 @@ def setup(config: Config, *, resume: bool = False, overwrite: bool = False) -> S
     loss_fn = build_loss(tcfg.loss, config.task, train_split.targets, splits.labels.num_outputs).to(
         device
     )
-    optimizer = build_optimizer(model.parameters(), tcfg.optimizer)
+    optimizer = build_optimizer(parameter_groups(model, tcfg.optimizer), tcfg.optimizer)
     n_batches = batches_per_epoch(config, train_split.lengths)
     steps_per_epoch = math.ceil(n_batches / tcfg.grad_accum_steps)
     schedule = build_schedule(
