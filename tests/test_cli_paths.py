@@ -3,25 +3,15 @@ what --overwrite may delete; and the commands that move aliases."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers.bundles import TEXTS, make_bundle
+from helpers.bundles import labelled_csv, make_bundle
 from helpers.synthetic import write_synthetic
 
 from modelyard.cli import main
 from modelyard.versions import list_versions, read_record
-
-
-def _labelled_csv(path: Path) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["text", "label"])
-        for i, text in enumerate(TEXTS * 4):
-            writer.writerow([text, "pos" if i % 2 else "neg"])
-    return path
 
 
 @pytest.mark.integration
@@ -30,7 +20,7 @@ def test_compress_writes_beside_the_bundle_it_compressed(
 ) -> None:
     repo = tmp_path / "elsewhere" / "models"
     make_bundle(repo, "binary", name="m")
-    data = _labelled_csv(tmp_path / "test.csv")
+    data = labelled_csv(tmp_path / "test.csv")
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)

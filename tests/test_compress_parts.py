@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers.bundles import TEXTS, make_bundle
+from helpers.bundles import TEXTS, labelled_csv, make_bundle
 from onnx import TensorProto, helper, numpy_helper
 
 from modelyard.bundle import read_manifest
@@ -164,19 +163,12 @@ def test_prune_settings_are_checked() -> None:
 
 
 # -------------------------------------------------------------------- quantizing a bundle
-def _labelled_csv(path: Path) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["text", "label"])
-        for i, text in enumerate(TEXTS * 4):
-            writer.writerow([text, "pos" if i % 2 else "neg"])
-    return path
 
 
 def test_compress_a_bundle_without_torch_training(tmp_path: Path) -> None:
     repo = tmp_path / "models"
     make_bundle(repo, "binary")
-    data = _labelled_csv(tmp_path / "test.csv")
+    data = labelled_csv(tmp_path / "test.csv")
     measured = compress(
         repo / "tiny-binary",
         quantize=["int8-dynamic", "fp16"],

@@ -7,6 +7,7 @@ covered by ``test_export_onnx.py``.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +133,13 @@ def make_bundle(
     bundle = write_bundle(repo, manifest, {"model.onnx": graph, "tokenizer.json": tok_path})
     tok_path.unlink()
     return bundle
+
+
+def labelled_csv(path: Path) -> Path:
+    """A binary CSV of :data:`TEXTS` (four times over) with alternating labels ``neg``/``pos``."""
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        for i, text in enumerate(TEXTS * 4):
+            writer.writerow([text, "pos" if i % 2 else "neg"])
+    return path
