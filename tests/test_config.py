@@ -148,3 +148,10 @@ def test_dump_roundtrips() -> None:
 def test_unknown_target_key() -> None:
     with pytest.raises(ConfigError, match=r"targets.edge.max_size"):
         validate_config(_minimal(targets={"edge": {"format": "onnx", "max_size": 3}}))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("override", ["train.epochs=true", "model.hidden_size=true"])
+def test_a_boolean_is_not_a_number(override: str) -> None:
+    with pytest.raises(ConfigError, match="expected a number, got the boolean True"):
+        load_config("examples/seed.yaml", [override])
