@@ -6,13 +6,15 @@ from collections.abc import Callable
 
 from torch import nn
 
-from modelyard.config import CNNConfig, RNNConfig, TransformerConfig
+from modelyard.config import BagOfNgramsConfig, CNNConfig, RNNConfig, TransformerConfig
 from modelyard.errors import ConfigError
+from modelyard.models.bag_of_ngrams import build_bag_of_ngrams
 from modelyard.models.cnn import build_cnn
+from modelyard.models.initialization import initialize
 from modelyard.models.rnn import build_rnn
 from modelyard.models.transformer import build_transformer
 
-AnyModelConfig = RNNConfig | CNNConfig | TransformerConfig
+AnyModelConfig = RNNConfig | CNNConfig | TransformerConfig | BagOfNgramsConfig
 
 # builder(cfg, *, task, vocab_size, num_outputs, max_length, pad_id) -> nn.Module
 MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -20,6 +22,7 @@ MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "gru": build_rnn,
     "cnn": build_cnn,
     "transformer": build_transformer,
+    "bag_of_ngrams": build_bag_of_ngrams,
 }
 
 
@@ -32,7 +35,7 @@ def build_model(
     max_length: int,
     pad_id: int = 0,
 ) -> nn.Module:
-    """Build the model ``cfg.kind`` names.
+    """Build the model ``cfg.kind`` names, its weights initialised as ``cfg.init`` says.
 
     Args:
         cfg: the model section of the config.
@@ -58,7 +61,7 @@ def build_model(
         raise ConfigError(f"pad id {pad_id} is outside the vocabulary (size {vocab_size})")
     if max_length < 1:
         raise ConfigError(f"max_length must be >= 1, got {max_length}")
-    return builder(
+    model = builder(
         cfg,
         task=task,
         vocab_size=vocab_size,
@@ -66,3 +69,5 @@ def build_model(
         max_length=max_length,
         pad_id=pad_id,
     )
+    initialize(model, cfg.init)
+    return model
