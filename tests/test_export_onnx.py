@@ -46,6 +46,7 @@ MODELS: dict[str, dict[str, Any]] = {
         "ff_size": 32,
         "dropout": 0.0,
     },
+    "bag_of_ngrams": {"kind": "bag_of_ngrams", "embedding_dim": 16, "buckets": 256},
 }
 GOOD = ["good", "great", "lovely", "fun", "best"]
 BAD = ["bad", "awful", "boring", "dull", "worst"]
