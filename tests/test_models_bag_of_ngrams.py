@@ -162,3 +162,20 @@ def test_unstructured_pruning_zeroes_the_table_and_head() -> None:
     assert report.sparsity == pytest.approx(0.5, abs=0.01)
     assert set(report.layers) == {"embedding.weight", "head.weight"}
     assert (model.embedding.weight == 0).float().mean() > 0.4
+
+
+def test_structured_pruning_says_what_to_use_instead() -> None:
+    # nothing but the embedding table and the head: no units for structured pruning to remove
+    with pytest.raises(ConfigError, match="prune_kind=unstructured"):
+        prune_model(tiny(2), 0.5, "structured")
+
+
+def test_the_example_config_builds_a_bag_of_ngrams() -> None:
+    from pathlib import Path
+
+    config = load_config(Path(__file__).resolve().parents[1] / "examples" / "bag_of_ngrams.yaml")
+    assert isinstance(config.model, BagOfNgramsConfig)
+    assert Path(config.data.train).exists()
+    model = build_model(config.model, task=config.task, vocab_size=10_000, num_outputs=2,
+                        max_length=config.tokenizer.max_length)  # fmt: skip
+    assert isinstance(model, BagOfNgramsClassifier) and model.ngrams == 2
