@@ -253,7 +253,7 @@ def main() -> None:
     rows: list[Row] = []
     task_of: dict[str, str] = {}
     datasets = [Path(args.config).stem] if args.config else args.datasets
-    families = [Path(args.config).stem] if args.config else args.families
+    families = [Path(args.config).name] if args.config else args.families
     for dataset in datasets:
 
         def config_for(family: str, seed: int, dataset: str = dataset) -> Config:
