@@ -95,8 +95,16 @@ class TokenizerConfig(_Strict):
 
 
 # ------------------------------------------------------------------------------------- models
+# How a model's weights start (``modelyard.models.initialization``): ``keras`` is what the seed
+# recipe's Keras layers do (embeddings U(-0.05, 0.05), Glorot-uniform kernels, orthogonal
+# recurrent kernels, zero biases, LSTM forget-gate bias 1); ``torch`` keeps PyTorch's per-layer
+# defaults (embeddings N(0, 1)). Measured in docs/benchmarks.md ("Initialisation").
+Init = Literal["keras", "torch"]
+
+
 class RNNConfig(_Strict):
     kind: Literal["lstm", "gru"]
+    init: Init = "keras"
     embedding_dim: int = Field(128, ge=1)
     hidden_size: int = Field(64, ge=1)
     num_layers: int = Field(1, ge=1, le=8)
@@ -107,6 +115,7 @@ class RNNConfig(_Strict):
 
 class CNNConfig(_Strict):
     kind: Literal["cnn"]
+    init: Init = "keras"
     embedding_dim: int = Field(128, ge=1)
     num_filters: int = Field(100, ge=1)
     kernel_sizes: list[int] = Field(default_factory=lambda: [3, 4, 5], min_length=1)
@@ -122,6 +131,7 @@ class CNNConfig(_Strict):
 
 class TransformerConfig(_Strict):
     kind: Literal["transformer"]
+    init: Init = "keras"
     embedding_dim: int = Field(128, ge=1)  # d_model
     num_layers: int = Field(2, ge=1, le=24)
     num_heads: int = Field(4, ge=1)
@@ -165,11 +175,22 @@ class PretrainedModelConfig(_Strict):
     lora: LoRAConfig | None = None  # adapters instead of full fine-tuning
 
 
+class BagOfNgramsConfig(_Strict):
+    """fastText-style bag of words and hashed word n-grams (``models/bag_of_ngrams.py``)."""
+
+    kind: Literal["bag_of_ngrams"]
+    init: Init = "keras"
+    embedding_dim: int = Field(64, ge=1)
+    ngrams: int = Field(2, ge=1, le=3)  # longest word n-gram: 1 = words only, 2 = + bigrams
+    buckets: int = Field(2**16, ge=1, le=2**22)  # hashed n-gram embeddings (shared by all n)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the averaged vector
+
+
 ModelConfig = Annotated[
-    Union[RNNConfig, CNNConfig, TransformerConfig, PretrainedModelConfig],
+    Union[RNNConfig, CNNConfig, TransformerConfig, BagOfNgramsConfig, PretrainedModelConfig],
     Field(discriminator="kind"),
 ]
-MODEL_KINDS: tuple[str, ...] = ("lstm", "gru", "cnn", "transformer", "pretrained")
+MODEL_KINDS: tuple[str, ...] = ("lstm", "gru", "cnn", "transformer", "bag_of_ngrams", "pretrained")
 
 
 # ------------------------------------------------------------------------------------- train
@@ -429,6 +450,7 @@ _MODEL_BY_KIND: dict[str, type[BaseModel]] = {
     "cnn": CNNConfig,
     "transformer": TransformerConfig,
     "pretrained": PretrainedModelConfig,
+    "bag_of_ngrams": BagOfNgramsConfig,
 }
 
 

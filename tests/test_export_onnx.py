@@ -49,6 +49,7 @@ MODELS: dict[str, dict[str, Any]] = {
         "ff_size": 32,
         "dropout": 0.0,
     },
+    "bag_of_ngrams": {"kind": "bag_of_ngrams", "embedding_dim": 16, "buckets": 256},
 }
 LONG = " ".join(["the good film and the awful plot"] * 12)
 DEFAULT_PAIRS = {

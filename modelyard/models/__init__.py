@@ -1,4 +1,4 @@
-"""Model families (torch): lstm, gru, cnn, transformer, pretrained, built by name from the config.
+"""Model families (torch): bag_of_ngrams, lstm, gru, cnn, transformer, pretrained; by name.
 
 Every model maps ``(input_ids, attention_mask)`` of shape (B, T) to raw logits (B, outputs), is
 padding invariant (either side, any amount) and exports with ``torch.onnx.export(dynamo=True)``
@@ -7,24 +7,30 @@ using dynamic batch and sequence axes.
 
 from __future__ import annotations
 
+from modelyard.models.bag_of_ngrams import BagOfNgramsClassifier, build_bag_of_ngrams
 from modelyard.models.cnn import CNNClassifier, build_cnn
 from modelyard.models.heads import head_outputs, make_head
+from modelyard.models.initialization import INITIALIZERS, initialize
 from modelyard.models.pretrained import PretrainedClassifier, build_pretrained
 from modelyard.models.registry import MODEL_BUILDERS, build_model
 from modelyard.models.rnn import RNNClassifier, build_rnn
 from modelyard.models.transformer import TransformerClassifier, build_transformer
 
 __all__ = [
+    "INITIALIZERS",
     "MODEL_BUILDERS",
+    "BagOfNgramsClassifier",
     "CNNClassifier",
     "PretrainedClassifier",
     "RNNClassifier",
     "TransformerClassifier",
+    "build_bag_of_ngrams",
     "build_cnn",
     "build_model",
     "build_pretrained",
     "build_rnn",
     "build_transformer",
     "head_outputs",
+    "initialize",
     "make_head",
 ]

@@ -6,14 +6,24 @@ from collections.abc import Callable
 
 from torch import nn
 
-from modelyard.config import CNNConfig, PretrainedModelConfig, RNNConfig, TransformerConfig
+from modelyard.config import (
+    BagOfNgramsConfig,
+    CNNConfig,
+    PretrainedModelConfig,
+    RNNConfig,
+    TransformerConfig,
+)
 from modelyard.errors import ConfigError
+from modelyard.models.bag_of_ngrams import build_bag_of_ngrams
 from modelyard.models.cnn import build_cnn
+from modelyard.models.initialization import initialize
 from modelyard.models.pretrained import build_pretrained
 from modelyard.models.rnn import build_rnn
 from modelyard.models.transformer import build_transformer
 
-AnyModelConfig = RNNConfig | CNNConfig | TransformerConfig | PretrainedModelConfig
+AnyModelConfig = (
+    RNNConfig | CNNConfig | TransformerConfig | BagOfNgramsConfig | PretrainedModelConfig
+)
 
 # builder(cfg, *, task, vocab_size, num_outputs, max_length, pad_id) -> nn.Module
 MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -22,6 +32,7 @@ MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "cnn": build_cnn,
     "transformer": build_transformer,
     "pretrained": build_pretrained,
+    "bag_of_ngrams": build_bag_of_ngrams,
 }
 
 
@@ -34,7 +45,7 @@ def build_model(
     max_length: int,
     pad_id: int = 0,
 ) -> nn.Module:
-    """Build the model ``cfg.kind`` names.
+    """Build the model ``cfg.kind`` names, its weights initialised as ``cfg.init`` says.
 
     Args:
         cfg: the model section of the config.
@@ -60,7 +71,7 @@ def build_model(
         raise ConfigError(f"pad id {pad_id} is outside the vocabulary (size {vocab_size})")
     if max_length < 1:
         raise ConfigError(f"max_length must be >= 1, got {max_length}")
-    return builder(
+    model = builder(
         cfg,
         task=task,
         vocab_size=vocab_size,
@@ -68,3 +79,6 @@ def build_model(
         max_length=max_length,
         pad_id=pad_id,
     )
+    if not isinstance(cfg, PretrainedModelConfig):  # a pretrained encoder keeps its weights
+        initialize(model, cfg.init)
+    return model
