@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from modelyard.models.common import to_right_padding
 
 from modelyard.compress.prune import prune_model
 from modelyard.config import BagOfNgramsConfig, load_config
 from modelyard.errors import ConfigError
 from modelyard.models import BagOfNgramsClassifier, build_model
 from modelyard.models.bag_of_ngrams import INT32_MAX, ngram_multiplier
+from modelyard.models.masking import to_right_padding
 
 pytestmark = pytest.mark.unit
 

@@ -1,0 +1,260 @@
+"""One typed config tree: YAML in, ``--set key=value`` overrides on top, clear errors out.
+
+The pydantic models below are the source of truth for every setting. Every model forbids unknown
+keys; :func:`load_config` turns pydantic's errors into :class:`ConfigError` messages that name the
+key path (``model.hidden_size``) and, for unknown keys, the valid ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from modelyard.config.base import TASKS, StrictModel, Task
+from modelyard.config.data import KERAS_FILTERS, CleanConfig, DataConfig, TokenizerConfig
+from modelyard.config.deploy import (
+    QUANTIZE_MODES,
+    CompressConfig,
+    ExportConfig,
+    ExportFormat,
+    ServeConfig,
+    TargetConfig,
+)
+from modelyard.config.families import (
+    MODEL_KINDS,
+    BagOfNgramsConfig,
+    CNNConfig,
+    Init,
+    LoRAConfig,
+    ModelConfig,
+    PretrainedModelConfig,
+    RNNConfig,
+    TransformerConfig,
+)
+from modelyard.config.training import (
+    EarlyStoppingConfig,
+    LossConfig,
+    OptimizerConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
+from modelyard.errors import ConfigError
+
+__all__ = [
+    "KERAS_FILTERS",
+    "MODEL_KINDS",
+    "QUANTIZE_MODES",
+    "TASKS",
+    "BagOfNgramsConfig",
+    "CNNConfig",
+    "CleanConfig",
+    "CompressConfig",
+    "Config",
+    "DataConfig",
+    "EarlyStoppingConfig",
+    "ExportConfig",
+    "ExportFormat",
+    "Init",
+    "LoRAConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "PretrainedModelConfig",
+    "RNNConfig",
+    "ScheduleConfig",
+    "ServeConfig",
+    "StrictModel",
+    "TargetConfig",
+    "Task",
+    "TokenizerConfig",
+    "TrainConfig",
+    "TransformerConfig",
+    "apply_override",
+    "dump_config",
+    "load_config",
+    "validate_config",
+]
+
+
+# --------------------------------------------------------------------------------------- root
+class Config(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    task: Task
+    seed: int = 13
+    output_dir: str = "runs"
+    data: DataConfig
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: ModelConfig = Field(default_factory=lambda: RNNConfig(kind="lstm"))
+    train: TrainConfig = TrainConfig()
+    compress: CompressConfig = CompressConfig()
+    export: ExportConfig = ExportConfig()
+    targets: dict[str, TargetConfig] = Field(default_factory=dict)
+    serve: ServeConfig = ServeConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pretrained_tokenizer(cls, raw: Any) -> Any:
+        # a pretrained encoder reads only its own vocabulary: tokenizer.kind and .path follow it
+        model = raw.get("model") if isinstance(raw, dict) else None
+        tokenizer = raw.get("tokenizer") if isinstance(raw, dict) else None
+        tokenizer_raw = tokenizer is None or isinstance(tokenizer, dict)
+        if isinstance(model, dict) and model.get("kind") == "pretrained" and tokenizer_raw:
+            tokenizer = {"kind": "pretrained", "path": model.get("path"), **(tokenizer or {})}
+            raw = {**raw, "tokenizer": tokenizer}
+        return raw
+
+    @model_validator(mode="after")
+    def _pretrained_needs_its_tokenizer(self) -> Config:
+        if self.model.kind == "pretrained" and self.tokenizer.kind != "pretrained":
+            raise ValueError("model.kind 'pretrained' needs tokenizer.kind 'pretrained'")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# ------------------------------------------------------------------------------------ loading
+def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """Read a config from a YAML file (or a dict), apply ``key.path=value`` overrides, validate.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, an override is malformed, a key is unknown,
+            or a value has the wrong type or an impossible value; the message names the key path.
+    """
+    if isinstance(source, dict):
+        raw: Any = source
+        where = "config"
+    else:
+        path = Path(source)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings at the top level")
+    raw = _deep_copy(raw)
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_config(raw, where)
+
+
+def validate_config(raw: dict[str, Any], where: str = "config") -> Config:
+    """Validate a raw dict into a :class:`Config`, with readable errors."""
+    unknown = _unknown_keys(raw, Config, ())
+    if unknown:
+        path, valid = unknown[0]
+        raise ConfigError(
+            f"{where}: unknown key '{path}'; valid keys here: {', '.join(sorted(valid))}"
+        )
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: " + _format_errors(exc)) from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=3")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def dump_config(config: Config) -> str:
+    """The config as YAML, every default spelled out (what a run records)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+_MODEL_BY_KIND: dict[str, type[BaseModel]] = {
+    "lstm": RNNConfig,
+    "gru": RNNConfig,
+    "cnn": CNNConfig,
+    "transformer": TransformerConfig,
+    "pretrained": PretrainedModelConfig,
+    "bag_of_ngrams": BagOfNgramsConfig,
+}
+
+
+def _unknown_keys(
+    raw: Any, model: type[BaseModel], prefix: tuple[str, ...]
+) -> list[tuple[str, list[str]]]:
+    """Walk ``raw`` against the model tree; list unknown keys with the valid names beside them."""
+    if not isinstance(raw, dict):
+        return []
+    found: list[tuple[str, list[str]]] = []
+    fields = model.model_fields
+    for key, value in raw.items():
+        path = (*prefix, str(key))
+        if key not in fields:
+            found.append((".".join(path), list(fields)))
+            continue
+        child = _section_model(model, str(key), value)
+        if child is not None:
+            if model is Config and key == "targets" and isinstance(value, dict):
+                for tname, tval in value.items():
+                    found += _unknown_keys(tval, TargetConfig, (*path, str(tname)))
+            else:
+                found += _unknown_keys(value, child, path)
+    return found
+
+
+def _section_model(model: type[BaseModel], key: str, value: Any) -> type[BaseModel] | None:
+    if model is Config and key == "model":
+        kind = value.get("kind") if isinstance(value, dict) else None
+        return _MODEL_BY_KIND.get(str(kind)) if kind is not None else None
+    if model is Config and key == "targets":
+        return TargetConfig
+    annotation = model.model_fields[key].annotation
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        # drop the discriminator tag pydantic inserts for the model union (model.lstm.x -> model.x)
+        if len(loc) >= 2 and loc[0] == "model" and loc[1] in MODEL_KINDS:
+            loc = [loc[0], *loc[2:]]
+        path = ".".join(loc) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "union_tag_invalid":
+            msg = f"unknown model kind; valid kinds: {', '.join(MODEL_KINDS)}"
+        elif err["type"] == "union_tag_not_found":
+            msg = f"missing 'kind'; valid kinds: {', '.join(MODEL_KINDS)}"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        got = err.get("input")
+        shown = "" if err["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{path}: {msg}{shown}")
+    return "; ".join(lines)

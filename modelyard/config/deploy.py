@@ -1,0 +1,64 @@
+"""The stations after training: ``compress:``, ``export:``, ``targets:`` and ``serve:``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from modelyard.config.base import StrictModel
+
+QUANTIZE_MODES: tuple[str, ...] = ("int8-dynamic", "int8-static", "fp16")
+
+
+class CompressConfig(StrictModel):
+    prune: float | None = Field(None, ge=0.0, lt=1.0)
+    prune_kind: Literal["unstructured", "structured"] = "unstructured"
+    finetune_epochs: int = Field(0, ge=0)
+    quantize: list[Literal["int8-dynamic", "int8-static", "fp16"]] = Field(default_factory=list)
+    clip: float | None = Field(None, gt=0.0)
+    max_accuracy_drop: float = Field(1.0, ge=0.0)  # points
+
+    @field_validator("quantize", mode="before")
+    @classmethod
+    def _one_mode(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+ExportFormat = Literal["onnx", "tflite"]
+
+
+def _default_formats() -> list[ExportFormat]:
+    return ["onnx"]
+
+
+class ExportConfig(StrictModel):
+    formats: list[ExportFormat] = Field(default_factory=_default_formats)
+    repo: str = "models"
+    opset: int = Field(18, ge=17)
+    parity_atol: float = Field(1e-4, gt=0.0)
+
+
+class TargetConfig(StrictModel):
+    format: Literal["onnx", "tflite"] = "onnx"
+    max_size_mb: float | None = Field(None, gt=0.0)
+    max_p99_ms: float | None = Field(None, gt=0.0)
+    max_accuracy_drop: float | None = Field(None, ge=0.0)
+
+
+class ServeConfig(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_batch_size: int = Field(64, ge=1)
+    max_delay_ms: float = Field(5.0, ge=0.0)
+    max_queue: int = Field(1024, ge=1)
+    timeout_s: float = Field(10.0, gt=0.0)
+    workers: int = Field(1, ge=1)
+    api_key_file: str | None = None
+    max_texts: int = Field(256, ge=1)
+    max_text_chars: int = Field(20000, ge=1)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1)
+    poll_s: float = Field(2.0, gt=0.0)  # how often the repository is checked for new versions
+    # ONNX Runtime threads per model. 1 by default: each model's batcher feeds whole batches to
+    # one session, and ORT's spinning pool would compete with the event loop for the cores.
+    intra_op_threads: int = Field(1, ge=1)

@@ -1,0 +1,106 @@
+"""``model:``: one section per model family, told apart by ``kind``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from modelyard.config.base import StrictModel
+
+# How a model's weights start (``modelyard.models.initialization``): ``keras`` is what the seed
+# recipe's Keras layers do (embeddings U(-0.05, 0.05), Glorot-uniform kernels, orthogonal
+# recurrent kernels, zero biases, LSTM forget-gate bias 1); ``torch`` keeps PyTorch's per-layer
+# defaults (embeddings N(0, 1)). Measured in docs/benchmarks.md ("Initialisation").
+Init = Literal["keras", "torch"]
+
+
+class RNNConfig(StrictModel):
+    kind: Literal["lstm", "gru"]
+    init: Init = "keras"
+    embedding_dim: int = Field(128, ge=1)
+    hidden_size: int = Field(64, ge=1)
+    num_layers: int = Field(1, ge=1, le=8)
+    bidirectional: bool = False
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    pooling: Literal["last", "mean", "max"] = "last"
+
+
+class CNNConfig(StrictModel):
+    kind: Literal["cnn"]
+    init: Init = "keras"
+    embedding_dim: int = Field(128, ge=1)
+    num_filters: int = Field(100, ge=1)
+    kernel_sizes: list[int] = Field(default_factory=lambda: [3, 4, 5], min_length=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("kernel_sizes")
+    @classmethod
+    def _positive_kernels(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v):
+            raise ValueError(f"kernel sizes must be >= 1, got {v}")
+        return v
+
+
+class TransformerConfig(StrictModel):
+    kind: Literal["transformer"]
+    init: Init = "keras"
+    embedding_dim: int = Field(128, ge=1)  # d_model
+    num_layers: int = Field(2, ge=1, le=24)
+    num_heads: int = Field(4, ge=1)
+    ff_size: int = Field(256, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    pooling: Literal["mean", "cls", "max"] = "mean"
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerConfig:
+        if self.embedding_dim % self.num_heads:
+            raise ValueError(
+                f"embedding_dim ({self.embedding_dim}) must be divisible by "
+                f"num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class LoRAConfig(StrictModel):
+    """LoRA adapters (``peft``) on the encoder, base weights frozen; merged before export."""
+
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
+
+
+class PretrainedModelConfig(StrictModel):
+    """A local Hugging Face encoder (config.json, safetensors, tokenizer.json) with a task head.
+
+    ``path``: the directory, or ``package:NAME`` (that package's ``get_model_path()``), resolved
+    when the model is built, so a config naming an absent package still validates.
+    """
+
+    kind: Literal["pretrained"]
+    path: str = Field(min_length=1)
+    pooling: Literal["cls", "mean"] = "mean"
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)  # on the pooled features, before the head
+    freeze_embeddings: bool = False
+    freeze_layers: int = Field(0, ge=0)  # the first N encoder layers keep their weights
+    gradient_checkpointing: bool = False
+    lora: LoRAConfig | None = None  # adapters instead of full fine-tuning
+
+
+class BagOfNgramsConfig(StrictModel):
+    """fastText-style bag of words and hashed word n-grams (``models/bag_of_ngrams.py``)."""
+
+    kind: Literal["bag_of_ngrams"]
+    init: Init = "keras"
+    embedding_dim: int = Field(64, ge=1)
+    ngrams: int = Field(2, ge=1, le=3)  # longest word n-gram: 1 = words only, 2 = + bigrams
+    buckets: int = Field(2**16, ge=1, le=2**22)  # hashed n-gram embeddings (shared by all n)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the averaged vector
+
+
+ModelConfig = Annotated[
+    Union[RNNConfig, CNNConfig, TransformerConfig, BagOfNgramsConfig, PretrainedModelConfig],
+    Field(discriminator="kind"),
+]
+MODEL_KINDS: tuple[str, ...] = ("lstm", "gru", "cnn", "transformer", "bag_of_ngrams", "pretrained")
