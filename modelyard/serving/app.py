@@ -122,9 +122,12 @@ Handler = Callable[[Request, _Served], Awaitable[Response]]
 def _route(state: ServerState, endpoint: str, handler: Handler) -> Callable[..., Any]:
     """Wrap a handler: map every failure to a JSON error and record the request's metrics."""
 
+    in_flight = state.metrics.in_flight.labels(endpoint)
+
     async def run(request: Request) -> Response:
         t0 = time.perf_counter()
         served = _Served()
+        in_flight.inc()
         try:
             response = await handler(request, served)
         except ProtocolError as exc:
@@ -144,6 +147,8 @@ def _route(state: ServerState, endpoint: str, handler: Handler) -> Callable[...,
             where = f" in model {served.model} version {served.version}" if served.model else ""
             log.exception("%s %s failed%s", request.method, request.url.path, where)
             response = _error(500, f"internal server error{where}; see the server log")
+        finally:
+            in_flight.dec()
         state.metrics.observe_request(
             endpoint, served.model, served.version, response.status_code, time.perf_counter() - t0
         )

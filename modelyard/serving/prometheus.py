@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -79,6 +79,12 @@ class ServerMetrics:
             "Texts per batch",
             ["model"],
             buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "modelyard_requests_in_flight",
+            "Requests received and not yet answered, by endpoint",
+            ["endpoint"],
             registry=self.registry,
         )
         self.load_failures = Counter(
