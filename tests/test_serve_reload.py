@@ -243,3 +243,18 @@ def test_v2_label_of_a_multilabel_model_is_its_label_set(tmp_path: Path) -> None
             got.append(json.loads(blob[4 : 4 + size]))
             blob = blob[4 + size :]
         assert got == want
+
+
+def test_a_copy_in_progress_changes_nothing_until_it_loads(tmp_path: Path) -> None:
+    root = toy_repo(tmp_path / "m", {"toy": [1]})
+    (root / "toy" / "1" / "model.onnx").write_text("graph")
+    (root / "toy" / "2").mkdir()  # `cp -a` has made the directory, no manifest yet
+    tries: list[Path] = []
+    with client_for(root, _failing_loader(lambda p: not (p / "model.onnx").exists(), tries)) as c:
+        assert version_of(c) == 1
+        (root / "toy" / "2" / "manifest.json").write_text("{}")  # the manifest arrives first
+        refresh(c)
+        assert version_of(c) == 1 and [p.name for p in tries][-1] == "2"
+        (root / "toy" / "2" / "model.onnx").write_text("graph")  # the copy finishes
+        refresh(c)
+        assert version_of(c) == 2

@@ -197,8 +197,8 @@ class ModelRepository:
         """
         if not self.started or self.stopping:
             return False
-        with_versions = [e for e in self.models.values() if e.on_disk or e.served is not None]
-        return not with_versions or any(e.served is not None for e in with_versions)
+        servable = [e for e in self.models.values() if e.served or e.available or e.failed]
+        return not servable or any(e.served is not None for e in servable)
 
     # -------------------------------------------------------------------------------- lookup
     def get(self, name: str, version: VersionRef | None = None) -> ModelVersion:
@@ -281,7 +281,8 @@ class ModelRepository:
         order = [model.target, entry.served if entry.served in model.versions else None]
         order += [model.aliases.get(DEFAULT_ALIAS)]
         order += [v for v in reversed(model.versions) if not model.versions[v].rejected]
-        for v in dict.fromkeys(v for v in order if v is not None):
+        # (a target without its manifest yet, a copy in progress, is not a candidate)
+        for v in dict.fromkeys(v for v in order if v is not None and v in model.versions):
             if await self._ensure(entry, model.versions[v]):
                 return v
         # nothing on disk loads: keep what is in memory (its directory may have been deleted)
