@@ -403,3 +403,15 @@ def test_a_broken_new_version_keeps_the_old_one_serving(repo: Path) -> None:
         c.portal.call(app.state.server.repo.refresh)  # type: ignore[union-attr]
         assert c.post("/v1/models/toy/predict", json={"texts": ["a"]}).json()["version"] == 2
         assert c.get("/v2/health/ready").status_code == 200
+
+
+def test_the_followed_alias_is_a_setting_and_a_flag() -> None:
+    from pydantic import ValidationError
+
+    from modelyard.cli import build_parser
+
+    assert ServeConfig().alias == "server"
+    with pytest.raises(ValidationError):
+        ServeConfig(alias="3")  # a number would read as a version
+    args = build_parser().parse_args(["serve", "models", "--alias", "edge"])
+    assert args.alias == "edge"
