@@ -150,9 +150,15 @@ def test_alias_moves_and_a_rollback_under_load_fail_no_request(
     server: ServerProcess, repo: Path
 ) -> None:
     new = build_real_bundle(repo, "tiny", 7)
-    time.sleep(0.3)  # three polls: a new version alone must change nothing
     with httpx.Client(base_url=server.url) as c:
-        assert c.get("/v2/models/tiny").json()["served"] == "1"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # until the server has seen the new version
+            (tiny,) = c.get("/v1/models").json()["models"]
+            if int(new.name) in tiny["available"]:
+                break
+            time.sleep(0.05)
+        assert int(new.name) in tiny["available"]
+        assert tiny["served"] == 1  # a new version alone changes nothing
 
     async def main() -> tuple[list[int], list[int]]:
         statuses: list[int] = []
