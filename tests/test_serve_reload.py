@@ -258,3 +258,27 @@ def test_a_copy_in_progress_changes_nothing_until_it_loads(tmp_path: Path) -> No
         (root / "toy" / "2" / "model.onnx").write_text("graph")  # the copy finishes
         refresh(c)
         assert version_of(c) == 2
+
+
+def test_an_alias_url_keeps_answering_while_its_new_version_loads(tmp_path: Path) -> None:
+    root = toy_repo(tmp_path / "m", {"toy": [1, 2]})
+    set_alias(root / "toy", "server", 1)
+    loading, release = threading.Event(), threading.Event()
+
+    def loader(path: Path) -> ToyPredictor:
+        if path.name == "2":
+            loading.set()
+            release.wait(10)  # a slow load and warm-up
+        return toy_loader(path)
+
+    with client_for(root, loader) as c:
+        set_alias(root / "toy", "server", 2)
+        repo = c.app.state.server.repo  # type: ignore[attr-defined]
+        pending = c.portal.start_task_soon(repo.refresh)  # type: ignore[union-attr]
+        assert loading.wait(10)
+        assert version_of(c, "/v1/models/toy/versions/server/predict") == 1
+        assert version_of(c) == 1
+        release.set()
+        pending.result(10)
+        assert version_of(c, "/v1/models/toy/versions/server/predict") == 2
+        assert version_of(c) == 2

@@ -258,7 +258,7 @@ class ModelRepository:
     async def _settle(self, entry: ModelEntry, model: ModelOnDisk) -> bool:
         entry.on_disk = list(model.versions)
         entry.rejected = {v for v, d in model.versions.items() if d.rejected}
-        entry.aliases, entry.target = model.aliases, model.target
+        entry.target = model.target
         entry.failed = {v: f for v, f in entry.failed.items() if v in model.versions}
         before = (entry.served, {v: mv.identity for v, mv in entry.versions.items()})
         served = await self._choose_served(entry, model)
@@ -266,14 +266,23 @@ class ModelRepository:
             if entry.served is not None:
                 log.info("%s: serving version %d (was %s)", entry.name, served, entry.served)
             entry.served = served  # the swap: new requests naming no version go there now
-        keep = [v for v in [entry.served, *alias_order(model.aliases, self.alias)] if v]
-        keep = list(dict.fromkeys(keep))[: self.max_loaded_versions]
-        for v in keep:
+        for v in self._keep(entry.served, model.aliases):
             if v != entry.served and v in model.versions:
                 await self._ensure(entry, model.versions[v], quiet=True)
+        # an alias moves in the URLs once its new version is loaded, as the served version does
+        previous = entry.aliases
+        entry.aliases = {
+            a: previous[a] if v not in entry.versions and previous.get(a) in entry.versions else v
+            for a, v in model.aliases.items()
+        }
+        keep = self._keep(entry.served, entry.aliases)
         for v in [v for v in entry.versions if v not in keep]:
             self._unload(entry, v)
         return before != (entry.served, {v: mv.identity for v, mv in entry.versions.items()})
+
+    def _keep(self, served: int | None, aliases: dict[str, int]) -> list[int]:
+        keep = [v for v in [served, *alias_order(aliases, self.alias)] if v is not None]
+        return list(dict.fromkeys(keep))[: self.max_loaded_versions]
 
     async def _choose_served(self, entry: ModelEntry, model: ModelOnDisk) -> int | None:
         # the target first; then what serves now (a failing target keeps it); then, when nothing
