@@ -220,6 +220,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "timeout_s": args.timeout_s,
         "workers": args.workers,
         "api_key_file": args.api_key_file,
+        "alias": args.alias,
     }
     data = settings.model_dump()
     data.update({k: v for k, v in overrides.items() if v is not None})
@@ -365,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-s", type=float)
     p.add_argument("--workers", type=int)
     p.add_argument("--api-key-file")
+    p.add_argument("--alias", help="serve each model's version this alias names (default: server)")
     p.set_defaults(func=cmd_serve)
     return parser
 

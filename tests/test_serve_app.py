@@ -56,7 +56,7 @@ def test_predict_latest_and_explicit_version(client: TestClient) -> None:
 
 def test_list_models(client: TestClient) -> None:
     models = client.get("/v1/models").json()["models"]
-    assert [(m["name"], m["latest"], m["versions"]) for m in models] == [
+    assert [(m["name"], m["served"], m["versions"]) for m in models] == [
         ("other", 3, [3]),
         ("toy", 2, [2]),
     ]
@@ -89,8 +89,10 @@ def test_predict_client_errors_are_json(client: TestClient, body: bytes, status:
     [
         ("/v1/models/nope/predict", 404),
         ("/v1/models/toy/versions/9/predict", 404),
-        ("/v1/models/toy/versions/abc/predict", 400),
+        ("/v1/models/toy/versions/abc/predict", 404),  # an alias the model does not have
         ("/v1/models/toy/versions/0/predict", 400),
+        ("/v1/models/toy/versions/-1/predict", 400),
+        ("/v1/models/toy/versions/%D9%A8/predict", 400),  # an Arabic-Indic 8 is not version 8
         ("/v1/models/..%2F..%2Fetc/predict", 404),
         ("/v1/nothing-here", 404),
     ],
@@ -325,13 +327,29 @@ def test_full_queue_is_503_with_retry_after_and_timeout_is_504(tmp_path: Path) -
         assert c.get("/v2/health/ready").status_code == 200
 
 
-def test_inference_failure_is_a_json_500_for_the_request(tmp_path: Path) -> None:
+def test_inference_failure_is_a_generic_json_500_and_the_log_has_the_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a ValueError raised inside inference is the server's failure, not the client's (not 400)
     root = toy_repo(tmp_path / "m", {"bad": [1]})
-    app = create_app(str(root), loader=lambda p: ToyPredictor("bad", 1, fail_on="boom"), poll=False)
+    app = create_app(
+        str(root),
+        loader=lambda p: ToyPredictor("bad", 1, fail_on="boom", error=ValueError),
+        poll=False,
+    )
     with TestClient(app, raise_server_exceptions=False) as c:
         r = c.post("/v1/models/bad/predict", json={"texts": ["boom"]})
-        assert r.status_code == 500 and "toy failure" in r.json()["error"]
+        assert r.status_code == 500
+        assert r.json() == {
+            "error": "internal server error in model bad version 1; see the server log"
+        }
+        req = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["boom"]}]}
+        r = c.post("/v2/models/bad/infer", json=req)
+        assert r.status_code == 500 and "toy failure" not in r.text and "Traceback" not in r.text
         assert c.post("/v1/models/bad/predict", json={"texts": ["fine"]}).status_code == 200
+        assert 'endpoint="predict",model="bad",status="500"' in c.get("/metrics").text
+    failures = [rec for rec in caplog.records if rec.exc_info]
+    assert failures and "toy failure" in caplog.text and "Traceback" in caplog.text
 
 
 def test_regression_model_has_only_scores(tmp_path: Path) -> None:
@@ -351,7 +369,8 @@ def test_regression_model_has_only_scores(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ hot reload
-def test_new_version_is_loaded_warmed_and_swapped_old_ones_dropped(repo: Path) -> None:
+def test_without_aliases_the_newest_version_serves_and_old_ones_are_dropped(repo: Path) -> None:
+    # a repository without aliases.json (written before aliases) serves its newest version
     with make_client(repo) as c:
         state = c.app.state.server  # type: ignore[attr-defined]
         add_toy_version(repo, "toy", 5)
@@ -359,12 +378,9 @@ def test_new_version_is_loaded_warmed_and_swapped_old_ones_dropped(repo: Path) -
         assert c.portal.call(state.repo.refresh) is True  # type: ignore[union-attr]
         assert c.post("/v1/models/toy/predict", json={"texts": ["a"]}).json()["version"] == 5
         assert state.repo.get("toy", 5).predictor.warmed
-        # the previous version stays reachable by explicit version
-        assert c.post("/v1/models/toy/versions/2/predict", json={"texts": ["a"]}).status_code == 200
-        add_toy_version(repo, "toy", 6)
-        c.portal.call(state.repo.refresh)  # type: ignore[union-attr]
-        assert sorted(state.repo.models["toy"].versions) == [5, 6]
+        # a version no alias names is not kept loaded
         assert c.post("/v1/models/toy/versions/2/predict", json={"texts": ["a"]}).status_code == 404
+        assert sorted(state.repo.models["toy"].versions) == [5]
         # a new model appears, a model disappears
         add_toy_version(repo, "fresh", 1)
         import shutil
@@ -387,3 +403,15 @@ def test_a_broken_new_version_keeps_the_old_one_serving(repo: Path) -> None:
         c.portal.call(app.state.server.repo.refresh)  # type: ignore[union-attr]
         assert c.post("/v1/models/toy/predict", json={"texts": ["a"]}).json()["version"] == 2
         assert c.get("/v2/health/ready").status_code == 200
+
+
+def test_the_followed_alias_is_a_setting_and_a_flag() -> None:
+    from pydantic import ValidationError
+
+    from modelyard.cli import build_parser
+
+    assert ServeConfig().alias == "server"
+    with pytest.raises(ValidationError):
+        ServeConfig(alias="3")  # a number would read as a version
+    args = build_parser().parse_args(["serve", "models", "--alias", "edge"])
+    assert args.alias == "edge"

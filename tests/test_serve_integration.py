@@ -1,14 +1,19 @@
 """A real server process on 127.0.0.1 over a real (tiny, torch-free) bundle.
 
-Every endpoint, the error paths over real HTTP, a hot swap under a stream of requests with zero
-failures, overload answered with 503 while the process stays healthy, graceful shutdown.
+Every endpoint, the error paths over real HTTP, alias moves and a rollback under a stream of
+requests with zero failures, a slow upload across an unload, a client that leaves mid-body,
+overload answered with 503 while the process stays healthy, graceful shutdown, per-process setup
+in every worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
-from collections.abc import Iterator
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -17,6 +22,7 @@ import pytest
 from helpers.serving import LABELS, ServerProcess, build_real_bundle
 
 from modelyard.runtime import load
+from modelyard.versions import set_alias
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -128,38 +134,117 @@ def test_answer_does_not_depend_on_batch_mates(server: ServerProcess) -> None:
         np.testing.assert_allclose(row, ref, atol=1e-5)
 
 
-def test_hot_swap_under_load_fails_no_request(server: ServerProcess, repo: Path) -> None:
-    async def main() -> tuple[list[int], set[int]]:
+def wait_served(url: str, version: int, unloaded: int | None = None) -> None:
+    """Until the server answers from ``version`` (and ``unloaded`` is gone); bounded."""
+    deadline = time.monotonic() + 20
+    with httpx.Client(base_url=url, timeout=5) as c:
+        while time.monotonic() < deadline:
+            meta = c.get("/v2/models/tiny").json()
+            if meta["served"] == str(version) and str(unloaded) not in meta["versions"]:
+                return
+            time.sleep(0.05)  # the server polls every 0.1 s
+    raise TimeoutError(f"version {version} not served in time")
+
+
+def test_alias_moves_and_a_rollback_under_load_fail_no_request(
+    server: ServerProcess, repo: Path
+) -> None:
+    new = build_real_bundle(repo, "tiny", 7)
+    with httpx.Client(base_url=server.url) as c:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # until the server has seen the new version
+            (tiny,) = c.get("/v1/models").json()["models"]
+            if int(new.name) in tiny["available"]:
+                break
+            time.sleep(0.05)
+        assert int(new.name) in tiny["available"]
+        assert tiny["served"] == 1  # a new version alone changes nothing
+
+    async def main() -> tuple[list[int], list[int]]:
         statuses: list[int] = []
-        versions: set[int] = set()
-        swapped = asyncio.Event()
+        versions: list[int] = []
+        done = asyncio.Event()
 
         async def stream(c: httpx.AsyncClient) -> None:
-            served_after_swap = 0
-            while served_after_swap < 20:
+            while not done.is_set():
                 r = await c.post("/v1/models/tiny/predict", json={"texts": ["good film"]})
                 statuses.append(r.status_code)
                 if r.status_code == 200:
-                    versions.add(r.json()["version"])
-                    if r.json()["version"] == 2:
-                        swapped.set()
-                if swapped.is_set():
-                    served_after_swap += 1
+                    versions.append(r.json()["version"])
+
+        async def seen(version: int) -> None:
+            count = versions.count(version)
+            while versions.count(version) < count + 20:
+                await asyncio.sleep(0.01)
 
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
             clients = [asyncio.ensure_future(stream(c)) for _ in range(8)]
-            await asyncio.sleep(0)  # let the stream start before the new version lands
-            await asyncio.get_running_loop().run_in_executor(
-                None, build_real_bundle, repo, "tiny", 7
-            )
+            for target in (int(new.name), 1, int(new.name), 1):  # forward, rollback, ...
+                set_alias(repo / "tiny", "server", target)
+                await asyncio.wait_for(seen(target), 30)
+            done.set()
             await asyncio.wait_for(asyncio.gather(*clients), 30)
         return statuses, versions
 
     statuses, versions = asyncio.run(main())
     assert set(statuses) == {200}
-    assert 2 in versions
+    assert set(versions) == {1, int(new.name)}
     with httpx.Client(base_url=server.url) as c:
-        assert c.get("/v2/models/tiny").json()["versions"] == ["1", "2"]
+        meta = c.get("/v2/models/tiny").json()
+        assert meta["served"] == "1" and meta["aliases"] == {"default": 1, "server": 1}
+
+
+def test_a_slow_upload_across_an_unload_is_answered(server: ServerProcess, repo: Path) -> None:
+    first, second = build_real_bundle(repo, "tiny", 8), build_real_bundle(repo, "tiny", 9)
+    set_alias(repo / "tiny", "server", int(first.name))
+    wait_served(server.url, int(first.name))
+    body = b'{"texts": ["good film", "the plot"]}'
+
+    async def main() -> httpx.Response:
+        sent_half, go_on = asyncio.Event(), asyncio.Event()
+
+        async def upload() -> AsyncIterator[bytes]:
+            yield body[:10]
+            sent_half.set()
+            await go_on.wait()
+            yield body[10:]
+
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+            call = asyncio.ensure_future(c.post("/v1/models/tiny/predict", content=upload()))
+            await asyncio.wait_for(sent_half.wait(), 10)
+            # meanwhile the alias moves on and the version served at the start is unloaded
+            set_alias(repo / "tiny", "server", int(second.name))
+            await asyncio.get_running_loop().run_in_executor(
+                None, wait_served, server.url, int(second.name), int(first.name)
+            )
+            go_on.set()
+            return await asyncio.wait_for(call, 20)
+
+    r = asyncio.run(main())
+    assert r.status_code == 200, r.text
+    assert r.json()["version"] == int(second.name)
+    set_alias(repo / "tiny", "server", 1)
+    wait_served(server.url, 1)
+
+
+def test_a_client_that_leaves_mid_body_is_a_499_not_a_500(server: ServerProcess) -> None:
+    head = (
+        "POST /v1/models/tiny/predict HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(head.encode() + b'{"texts": ["goo')
+    deadline = time.monotonic() + 10
+    with httpx.Client(base_url=server.url, timeout=5) as c:
+        while time.monotonic() < deadline:
+            metrics = c.get("/metrics").text
+            if 'status="499"' in metrics:
+                break
+            time.sleep(0.05)  # the server notices the closed sockets on its own time
+    left = re.search(r'modelyard_requests_total\{endpoint="predict",model="",status="499"', metrics)
+    assert left is not None
+    assert 'status="500"' not in metrics
 
 
 def test_overload_is_503_with_retry_after_and_the_server_stays_healthy(repo: Path) -> None:
@@ -197,26 +282,57 @@ def test_api_key_and_graceful_shutdown(repo: Path, tmp_path: Path) -> None:
     keys.write_text("s3cret\n")
     proc = ServerProcess(repo, "--api-key-file", str(keys))
     auth = {"Authorization": "Bearer s3cret"}
+    calls = 30
 
     async def main() -> list[int]:
-        async with httpx.AsyncClient(base_url=proc.url, timeout=10) as c:
+        limits = httpx.Limits(max_connections=calls + 5)
+        async with httpx.AsyncClient(base_url=proc.url, timeout=30, limits=limits) as c:
             assert (await c.get("/v1/models")).status_code == 401
             assert (await c.get("/v2/health/ready")).status_code == 200
             first = await c.post("/v1/models/tiny/predict", json={"texts": ["a"]}, headers=auth)
             assert first.status_code == 200
-            calls = [
+            rest = asyncio.Event()
+
+            async def body() -> AsyncIterator[bytes]:
+                yield b'{"texts": ["good film",'
+                await rest.wait()
+                yield b' "the plot"]}'
+
+            pending = [
                 asyncio.ensure_future(
-                    c.post("/v1/models/tiny/predict", json={"texts": TEXTS}, headers=auth)
+                    c.post("/v1/models/tiny/predict", content=body(), headers=auth)
                 )
-                for _ in range(30)
+                for _ in range(calls)
             ]
-            await asyncio.sleep(0)
+            # SIGTERM only once the server holds every request (its in-flight gauge says so)
+            gauge = 'modelyard_requests_in_flight{endpoint="predict"} ' + f"{calls}.0"
+            for _ in range(400):
+                if gauge in (await c.get("/metrics", headers=auth)).text:
+                    break
+                await asyncio.sleep(0.025)
+            else:
+                raise TimeoutError("the requests never reached the server")
             proc.proc.send_signal(signal.SIGTERM)
-            results = await asyncio.gather(*calls, return_exceptions=True)
-        # a request that reached the server was answered; none was cut off with a 5xx
-        return [r.status_code for r in results if isinstance(r, httpx.Response)]
+            await asyncio.sleep(0.2)  # the server is shutting down while the bodies arrive
+            rest.set()
+            results = await asyncio.gather(*pending, return_exceptions=True)
+        return [r.status_code if isinstance(r, httpx.Response) else -1 for r in results]
 
     codes = asyncio.run(main())
-    assert all(code == 200 for code in codes)
+    # every request the server held was answered, none cut off
+    assert codes == [200] * calls
     assert proc.proc.wait(20) == 0  # drained and exited by itself
     proc.stop()
+
+
+def test_every_worker_process_gets_the_gc_and_signal_setup(repo: Path) -> None:
+    proc = ServerProcess(repo, "--workers", "2", "--log-level", "info")
+    proc.proc.send_signal(signal.SIGTERM)
+    out, _ = proc.proc.communicate(timeout=30)
+    assert proc.proc.returncode == 0
+    log = out.decode()
+    tuned = set(re.findall(r"process (\d+): gc tuned \(threshold \(20000, 20, 20\)", log))
+    clean = set(re.findall(r"process (\d+): SIGTERM, exiting cleanly", log))
+    workers = set(re.findall(r"Started server process \[(\d+)\]", log))
+    assert len(workers) == 2, log
+    assert workers <= tuned and workers <= clean, log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import threading
@@ -156,4 +157,13 @@ def test_server_repository_never_lists_rejected_versions(tmp_path: Path) -> None
     (root / "m" / "3" / "manifest.json").write_text(
         json.dumps({"variant": {"rejected": "accuracy drop 2.0 points > 1.0"}})
     )
-    assert ModelRepository(root, loader=toy_loader).scan() == {"m": [1, 2]}
+    repo = ModelRepository(root, loader=toy_loader)
+
+    async def served() -> tuple[int | None, list[int]]:
+        await repo.refresh()
+        try:
+            return repo.models["m"].served, repo.models["m"].available
+        finally:
+            await repo.stop()
+
+    assert asyncio.run(served()) == (2, [1, 2])

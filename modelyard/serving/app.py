@@ -1,14 +1,25 @@
 """The transport layer: small Starlette routes over the repository and its batchers.
 
 Routes only parse, look up, submit and encode; the batcher and the runtime do the work. Every
-error is a JSON ``{"error": "..."}`` with a 4xx/5xx status: client mistakes are 4xx, overload is
-503 with Retry-After, a request that waited too long is 504.
+error is a JSON ``{"error": "..."}`` with a 4xx/5xx status: only a request that cannot be parsed
+is a 4xx (a :class:`ProtocolError`, an unknown model or version); overload, a model that failed to
+load and a draining version are 503 with Retry-After; a request that waited too long is 504; any
+other failure (one raised inside inference included) is a 500 with a generic message, the
+traceback going to the log only. A client that leaves mid-body gets no answer and is counted as
+status 499.
+
+A handler reads the whole body before it looks the model up, so a slow upload that spans a
+version swap is answered by the version served when it has arrived. Wherever a URL takes a
+version it also takes an alias (``/v2/models/m/versions/server/infer``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -18,7 +29,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -41,10 +52,20 @@ from modelyard.serving.protocol import (
     parse_infer,
     parse_predict,
 )
-from modelyard.serving.repository import ModelNotFoundError, ModelRepository, ModelVersion
+from modelyard.serving.repository import (
+    ModelEntry,
+    ModelNotFoundError,
+    ModelRepository,
+    ModelUnavailableError,
+    ModelVersion,
+)
+from modelyard.versions import VersionRef, parse_ref
+
+log = logging.getLogger("modelyard.serving")
 
 JSON = "application/json"
 RETRY_AFTER_S = "1"
+CLIENT_CLOSED = 499  # nginx's status for a client that closed the connection; metrics only
 
 
 class _Served:
@@ -101,23 +122,33 @@ Handler = Callable[[Request, _Served], Awaitable[Response]]
 def _route(state: ServerState, endpoint: str, handler: Handler) -> Callable[..., Any]:
     """Wrap a handler: map every failure to a JSON error and record the request's metrics."""
 
+    in_flight = state.metrics.in_flight.labels(endpoint)
+
     async def run(request: Request) -> Response:
         t0 = time.perf_counter()
         served = _Served()
+        in_flight.inc()
         try:
             response = await handler(request, served)
         except ProtocolError as exc:
             response = _error(exc.status, exc.message)
         except ModelNotFoundError as exc:
             response = _error(404, str(exc))
-        except ValueError as exc:  # a malformed version in the URL
-            response = _error(400, str(exc))
+        except ModelUnavailableError as exc:
+            retry = str(math.ceil(exc.retry_after_s))
+            response = _error(503, str(exc), {"Retry-After": retry})
         except (QueueFullError, BatcherClosedError) as exc:
             response = _error(503, str(exc), {"Retry-After": RETRY_AFTER_S})
         except RequestTimeoutError as exc:
             response = _error(504, f"request timed out: {exc}")
-        except Exception as exc:  # an inference failure: the request still gets an answer
-            response = _error(500, f"inference failed: {type(exc).__name__}: {exc}")
+        except ClientDisconnect:  # nobody to answer; not a server error
+            response = _error(CLIENT_CLOSED, "client disconnected")
+        except Exception:  # a bug or an inference failure: the log has the traceback
+            where = f" in model {served.model} version {served.version}" if served.model else ""
+            log.exception("%s %s failed%s", request.method, request.url.path, where)
+            response = _error(500, f"internal server error{where}; see the server log")
+        finally:
+            in_flight.dec()
         state.metrics.observe_request(
             endpoint, served.model, served.version, response.status_code, time.perf_counter() - t0
         )
@@ -126,18 +157,28 @@ def _route(state: ServerState, endpoint: str, handler: Handler) -> Callable[...,
     return run
 
 
+def url_version(raw: str | None) -> VersionRef | None:
+    """The version a URL names: ASCII digits or an alias name; anything else is a 400."""
+    if raw is None:
+        return None
+    try:
+        return parse_ref(raw)
+    except ValueError as exc:
+        raise ProtocolError(400, str(exc)) from None
+
+
 def _lookup(state: ServerState, request: Request, served: _Served) -> ModelVersion:
     params = request.path_params
-    mv = state.repo.get(params["name"], params.get("version"))
+    mv = state.repo.get(params["name"], url_version(params.get("version")))
     served.model, served.version = mv.name, str(mv.version)
     return mv
 
 
 # ------------------------------------------------------------------------------------- v1
 async def _predict(state: ServerState, request: Request, served: _Served) -> Response:
-    mv = _lookup(state, request, served)
     body = await read_body(request, state.settings.max_body_bytes)
     texts = parse_predict(body, state.limits)
+    mv = _lookup(state, request, served)  # after the body: a slow upload may span a swap
     name, version = mv.name, mv.version
 
     def encode(results: list[TextResult]) -> bytes:  # runs in the batch's worker thread
@@ -153,19 +194,29 @@ async def _predict(state: ServerState, request: Request, served: _Served) -> Res
     return Response(body, media_type=JSON)
 
 
+def _model_status(entry: ModelEntry) -> dict[str, Any]:
+    """What ``/v1/models`` and v2 metadata say beyond the protocol: aliases, served, failures."""
+    out: dict[str, Any] = {"served": entry.served, "aliases": dict(sorted(entry.aliases.items()))}
+    if entry.target is not None and entry.target != entry.served:
+        out["wanted"] = entry.target  # the alias names a version that does not load (yet)
+    if entry.failed:
+        out["failed"] = {str(v): f.error for v, f in sorted(entry.failed.items())}
+    return out
+
+
 async def _list_models(state: ServerState, request: Request, served: _Served) -> Response:
     models = []
     for name, entry in sorted(state.repo.models.items()):
-        latest = entry.versions.get(entry.latest) if entry.latest is not None else None
+        mv = entry.versions.get(entry.served) if entry.served is not None else None
         models.append(
             {
                 "name": name,
-                "latest": entry.latest,
+                **_model_status(entry),
                 "versions": sorted(entry.versions),
-                "available": entry.on_disk,
-                "ready": latest is not None,
-                "task": latest.predictor.task if latest else None,
-                "labels": list(latest.predictor.labels) if latest else None,
+                "available": entry.available,
+                "ready": mv is not None,
+                "task": mv.predictor.task if mv else None,
+                "labels": list(mv.predictor.labels) if mv else None,
             }
         )
     return _json({"models": models})
@@ -196,18 +247,23 @@ async def _model_metadata(state: ServerState, request: Request, served: _Served)
     entry = state.repo.models[mv.name]
     meta = model_metadata(mv.name, sorted(entry.versions), mv.num_scores)
     meta["outputs"] = [o for o in meta["outputs"] if o["name"] in _outputs(mv)]
-    return _json(meta)
+    status = _model_status(entry)
+    status["served"] = str(entry.served) if entry.served is not None else None
+    return _json({**meta, **status})
 
 
 async def _model_ready(state: ServerState, request: Request, served: _Served) -> Response:
-    mv = _lookup(state, request, served)
+    try:
+        mv = _lookup(state, request, served)
+    except ModelUnavailableError as exc:  # a broken model is reported here, not by the server
+        return _json({"name": request.path_params["name"], "ready": False, "error": str(exc)}, 503)
     ready = not mv.batcher.closed and not state.repo.stopping
     return _json({"name": mv.name, "ready": ready}, 200 if ready else 503)
 
 
 async def _infer(state: ServerState, request: Request, served: _Served) -> Response:
-    mv = _lookup(state, request, served)
     body = await read_body(request, state.settings.max_body_bytes)
+    mv = _lookup(state, request, served)  # after the body: a slow upload may span a swap
     req = parse_infer(
         body,
         state.limits,
@@ -215,19 +271,28 @@ async def _infer(state: ServerState, request: Request, served: _Served) -> Respo
         outputs=_outputs(mv),
     )
     name, version, num_scores = mv.name, str(mv.version), mv.num_scores
+    multilabel = mv.predictor.task == "multilabel"
 
     def encode(results: list[TextResult]) -> EncodedResponse:  # runs in the worker thread
         if results:
             scores = np.stack([r.scores for r in results]).astype(np.float32, copy=False)
         else:
             scores = np.zeros((0, num_scores), dtype=np.float32)
-        labels = [r.prediction.label or "" for r in results]
+        labels = [label_element(r.prediction, multilabel) for r in results]
         return encode_infer_response(
             model_name=name, model_version=version, request=req, scores=scores, labels=labels
         )
 
     encoded = await mv.batcher.submit_with(req.texts, encode, state.settings.timeout_s)
     return Response(encoded.body, headers=encoded.headers, media_type=encoded.media_type)
+
+
+def label_element(prediction: Any, multilabel: bool) -> str:
+    """One text's ``label`` output: the top label; for multilabel, the thresholded label set
+    (the v1 ``labels``) as a JSON array, e.g. ``["music", "plot"]`` (``[]`` for none)."""
+    if multilabel:
+        return json.dumps(list(prediction.labels or []), ensure_ascii=False)
+    return str(prediction.label or "")
 
 
 async def _metrics(state: ServerState, request: Request, served: _Served) -> Response:
@@ -275,11 +340,13 @@ def create_app(
         repo,
         loader=loader
         or functools.partial(default_loader, intra_op_threads=settings.intra_op_threads),
+        alias=settings.alias,
         max_batch_size=settings.max_batch_size,
         max_delay_ms=settings.max_delay_ms,
         max_queue=settings.max_queue,
         poll_s=settings.poll_s,
         on_batch=metrics.observe_batch,
+        on_load_failure=metrics.observe_load_failure,
     )
     state = ServerState(repository, settings, metrics)
 

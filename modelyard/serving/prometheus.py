@@ -1,6 +1,7 @@
 """Prometheus metrics for the server, in a registry of its own (one per app).
 
-Request counters carry model, version and status; the histograms carry the model. Queue depth and
+Request counters carry model, version and status (499: the client left before its answer); the
+histograms carry the model; failed loads are counted per model version. Queue depth and
 the number of loaded versions are read live at scrape time, so they never drift.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -80,6 +81,18 @@ class ServerMetrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.in_flight = Gauge(
+            "modelyard_requests_in_flight",
+            "Requests received and not yet answered, by endpoint",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        self.load_failures = Counter(
+            "modelyard_model_load_failures",
+            "Tries to load a model version that failed (each is retried with backoff)",
+            ["model", "version"],
+            registry=self.registry,
+        )
         self.registry.register(_LiveGauges(live))
         # labels() takes a lock and a dict lookup; cache the children on the hot path
         self._request_children: dict[tuple[str, str, str, str], Counter] = {}
@@ -101,6 +114,10 @@ class ServerMetrics:
         if hist is None:
             hist = self._latency_children[lkey] = self.latency.labels(*lkey)
         hist.observe(seconds)
+
+    def observe_load_failure(self, model: str, version: int) -> None:
+        """Count one failed try to load a model version."""
+        self.load_failures.labels(model, str(version)).inc()
 
     def observe_batch(self, model: str, version: int, info: BatchInfo) -> None:
         """Record one batch: its size, its inference time and each request's queue time.

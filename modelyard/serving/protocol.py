@@ -6,8 +6,10 @@ to answer; nothing a client sends can turn into a 500.
 
 Open Inference Protocol (KServe v2, also Triton's HTTP API): texts arrive as one ``BYTES`` input
 named ``text`` (shape ``[N]`` or ``[N, 1]``); the answer holds ``scores`` (``FP32``, ``[N, C]``,
-columns in label order) and ``label`` (``BYTES``, ``[N]``). The binary tensor data extension
-(what ``tritonclient.http`` sends by default) is understood in both directions.
+columns in label order) and ``label`` (``BYTES``, ``[N]``): the top label, or for a multilabel
+model the thresholded label set (the v1 ``labels``) as a JSON array string such as
+``["music", "plot"]`` (a Triton client gets it as bytes: ``json.loads`` each). The binary tensor
+data extension (what ``tritonclient.http`` sends by default) is understood in both directions.
 """
 
 from __future__ import annotations
@@ -257,7 +259,7 @@ def encode_infer_response(
     """Encode a v2 infer response (JSON, or JSON header plus binary tensor data).
 
     Args:
-        scores: float32 ``(N, C)``. labels: the top label of each text.
+        scores: float32 ``(N, C)``. labels: each text's ``label`` element (see the module).
     """
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []

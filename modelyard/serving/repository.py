@@ -1,14 +1,22 @@
-"""The model repository: which models and versions are loaded, and hot reload of new versions.
+"""The model repository: which versions are loaded and served, kept in step with the directory.
 
-The repository on disk is ``ROOT/NAME/VERSION/manifest.json`` (the bundle format). A version counts
-once its ``manifest.json`` exists: the exporter writes into a hidden ``.tmp-*`` directory and
-renames it into place, so a half-written bundle is never seen.
+Per model the server serves the version its followed alias names (``serve.alias``, e.g.
+``server``), else the ``default`` alias's, else (a repository without ``aliases.json``) the newest
+version not marked rejected (:func:`modelyard.versions.default_version`). A new version written
+into the repository changes nothing until an alias is moved onto it.
 
-A background task polls the disk. When a model gets a newer version it is loaded and warmed off
-the event loop, given its own batcher, and only then made the model's latest, so requests never
-see a cold or half-loaded version. Requests already queued on the previous version finish there;
-the last ``keep_versions`` versions stay loaded (reachable by explicit version) and older ones
-are drained and dropped.
+A background task re-reads the directory and ``aliases.json`` every ``poll_s``. When the version
+to serve changes (an alias moved forward, or back: a rollback) or its directory is replaced, the
+new one is loaded and warmed off the event loop, given its own batcher, and only then swapped in;
+the old one drains (its queued requests are answered) and is dropped. Loaded stay: the served
+version and every version an alias names (``/versions/server/infer``), at most
+``max_loaded_versions`` per model.
+
+A version that fails to load is retried: at once when its files change (a repaired bundle, a
+``cp -a`` that has finished), else with exponential backoff. When the version to serve fails the
+server keeps serving what it served; at startup (or when nothing serves) it falls back, in the
+same pass, to the next candidate: the ``default`` alias's version, then the newest versions. A
+model none of whose versions loads answers 503 with the reason and does not hold the others back.
 
 Requests are resolved against the in-memory table only: a model name from a URL never touches
 the filesystem, so it cannot escape the repository directory.
@@ -18,13 +26,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelyard.serving.batcher import BatchInfo, DynamicBatcher
+from modelyard.serving.discovery import (
+    MODEL_NAME,
+    DiskScanner,
+    Fingerprint,
+    ModelOnDisk,
+    VersionOnDisk,
+    alias_order,
+)
 from modelyard.serving.inference import (
     Loader,
     PredictorLike,
@@ -33,16 +49,23 @@ from modelyard.serving.inference import (
     load_and_warm,
     make_batch_fn,
 )
-from modelyard.versions import is_rejected
+from modelyard.versions import DEFAULT_ALIAS, VersionRef
 
 log = logging.getLogger("modelyard.serving")
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-MANIFEST = "manifest.json"
+__all__ = ["MODEL_NAME", "ModelEntry", "ModelNotFoundError", "ModelRepository", "ModelVersion"]
 
 
 class ModelNotFoundError(Exception):
-    """Unknown model or version (404)."""
+    """Unknown model, alias or version (404)."""
+
+
+class ModelUnavailableError(Exception):
+    """The model (or the asked version) exists but could not be loaded (503)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -55,15 +78,46 @@ class ModelVersion:
     batcher: DynamicBatcher[str, TextResult]
     num_scores: int
     has_labels: bool
+    identity: str = ""  # the bundle it was loaded from (sha256 of its manifest)
+
+
+@dataclass
+class LoadFailure:
+    """Why a version could not load, and when it is tried again."""
+
+    error: str
+    fingerprint: Fingerprint
+    attempts: int
+    retry_at: float  # time.monotonic()
 
 
 @dataclass
 class ModelEntry:
     name: str
-    versions: dict[int, ModelVersion] = field(default_factory=dict)
-    latest: int | None = None
-    on_disk: list[int] = field(default_factory=list)
-    failed: dict[int, str] = field(default_factory=dict)  # version -> why it could not load
+    versions: dict[int, ModelVersion] = field(default_factory=dict)  # loaded
+    served: int | None = None  # what a request naming no version gets
+    target: int | None = None  # what the followed alias (or default) names: what should serve
+    aliases: dict[str, int] = field(default_factory=dict)
+    on_disk: list[int] = field(default_factory=list)  # complete versions
+    rejected: set[int] = field(default_factory=set)
+    failed: dict[int, LoadFailure] = field(default_factory=dict)
+
+    @property
+    def available(self) -> list[int]:
+        """Versions on disk that are servable: not rejected, not failing to load."""
+        return [v for v in self.on_disk if v not in self.rejected and v not in self.failed]
+
+    def problem(self) -> str:
+        """Why nothing (or not the target) serves, in one line."""
+        if not self.failed:
+            return f"model {self.name!r} has no servable version yet"
+        why = "; ".join(f"version {v}: {f.error}" for v, f in sorted(self.failed.items()))
+        return f"model {self.name!r} failed to load ({why}); retrying"
+
+    def retry_after_s(self) -> float:
+        if not self.failed:
+            return 1.0
+        return max(1.0, min(f.retry_at for f in self.failed.values()) - time.monotonic())
 
 
 class ModelRepository:
@@ -72,11 +126,14 @@ class ModelRepository:
     Args:
         root: the repository directory (``models/``).
         loader: loads one version directory into a predictor (default: ``modelyard.runtime``).
+        alias: the alias served when a request names no version (``None``: ``default``).
         max_batch_size, max_delay_ms, max_queue: batcher settings for every model version.
-        poll_s: how often the directory is checked for new versions.
-        keep_versions: how many versions of a model stay loaded.
+        poll_s: how often the directory is re-read; also the first retry delay of a failure.
+        max_backoff_s: the longest wait between two tries of a version whose files stay as they
+            were.
+        max_loaded_versions: versions loaded per model (the served one, then aliased ones).
         on_batch: metrics hook ``(model, version, info)``.
-        on_change: called after the set of loaded versions changes (metrics).
+        on_load_failure: metrics hook ``(model, version)``.
     """
 
     def __init__(
@@ -84,26 +141,28 @@ class ModelRepository:
         root: str | Path,
         *,
         loader: Loader | None = None,
+        alias: str | None = None,
         max_batch_size: int = 64,
         max_delay_ms: float = 5.0,
         max_queue: int = 1024,
         poll_s: float = 2.0,
-        keep_versions: int = 2,
+        max_backoff_s: float = 60.0,
+        max_loaded_versions: int = 4,
         on_batch: Callable[[str, int, BatchInfo], None] | None = None,
-        on_change: Callable[[], None] | None = None,
+        on_load_failure: Callable[[str, int], None] | None = None,
     ) -> None:
         self.root = Path(root)
+        self.alias = alias
         self._loader = loader or default_loader
-        # a version directory never changes once renamed into place, so its manifest's
-        # "rejected" mark is read once, not on every poll
-        self._rejected: dict[Path, bool] = {}
+        self._scanner = DiskScanner(self.root, alias)
         self._batch_settings = dict(
             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue=max_queue
         )
         self.poll_s = poll_s
-        self.keep_versions = max(1, keep_versions)
+        self.max_backoff_s = max_backoff_s
+        self.max_loaded_versions = max(1, max_loaded_versions)
         self._on_batch = on_batch
-        self._on_change = on_change
+        self._on_load_failure = on_load_failure
         self.models: dict[str, ModelEntry] = {}
         self._poller: asyncio.Task[None] | None = None
         self._draining: set[asyncio.Task[None]] = set()
@@ -113,7 +172,7 @@ class ModelRepository:
 
     # ------------------------------------------------------------------------------ lifecycle
     async def start(self, *, poll: bool = True) -> None:
-        """Load and warm the latest version of every model, then start polling for changes."""
+        """Load and warm the version to serve of every model, then start polling for changes."""
         await self.refresh()
         self.started = True
         if poll:
@@ -131,96 +190,148 @@ class ModelRepository:
 
     @property
     def ready(self) -> bool:
-        """Started, not stopping, and every model with a loadable version has one loaded."""
+        """Started, not stopping, and serving: at least one model serves (when any has a version).
+
+        A model none of whose versions loads does not hold the server back: it answers 503 with
+        the reason, and ``/v2/models/NAME/ready`` reports it.
+        """
         if not self.started or self.stopping:
             return False
-        return all(e.latest is not None for e in self.models.values() if e.on_disk)
+        servable = [e for e in self.models.values() if e.served or e.available or e.failed]
+        return not servable or any(e.served is not None for e in servable)
 
     # -------------------------------------------------------------------------------- lookup
-    def get(self, name: str, version: str | int | None = None) -> ModelVersion:
-        """The loaded version to serve (latest when ``version`` is None).
+    def get(self, name: str, version: VersionRef | None = None) -> ModelVersion:
+        """The loaded version a request gets: the served one, or the asked number or alias.
 
         Raises:
-            ModelNotFoundError: unknown model, or that version is not loaded.
-            ValueError: ``version`` is not a positive integer.
+            ModelNotFoundError: unknown model, alias, or a version that is not loaded.
+            ModelUnavailableError: the model (or that version) failed to load.
         """
         entry = self.models.get(name)
-        if entry is None or entry.latest is None:
+        if entry is None or (entry.served is None and not entry.on_disk):
             raise ModelNotFoundError(f"model {name!r} not found")
         if version is None:
-            return entry.versions[entry.latest]
-        v = parse_version(version)
-        found = entry.versions.get(v)
-        if found is None:
-            loaded = ", ".join(str(x) for x in sorted(entry.versions))
-            raise ModelNotFoundError(
-                f"version {v} of model {name!r} is not loaded (loaded: {loaded})"
+            if entry.served is None:
+                raise ModelUnavailableError(entry.problem(), entry.retry_after_s())
+            return entry.versions[entry.served]
+        if isinstance(version, str):
+            if version not in entry.aliases:
+                known = ", ".join(sorted(entry.aliases)) or "none"
+                raise ModelNotFoundError(f"model {name!r} has no alias {version!r} ({known})")
+            version = entry.aliases[version]
+        found = entry.versions.get(version)
+        if found is not None:
+            return found
+        failure = entry.failed.get(version)
+        if failure is not None:
+            raise ModelUnavailableError(
+                f"version {version} of model {name!r} failed to load ({failure.error}); retrying",
+                max(1.0, failure.retry_at - time.monotonic()),
             )
-        return found
+        loaded = ", ".join(str(x) for x in sorted(entry.versions)) or "none"
+        raise ModelNotFoundError(
+            f"version {version} of model {name!r} is not loaded (loaded: {loaded})"
+        )
 
     # ----------------------------------------------------------------------------- reloading
-    def scan(self) -> dict[str, list[int]]:
-        """Model name -> complete versions on disk (ascending)."""
-        found: dict[str, list[int]] = {}
-        if not self.root.is_dir():
-            return found
-        for model_dir in sorted(self.root.iterdir()):
-            if not model_dir.is_dir() or not MODEL_NAME.match(model_dir.name):
-                continue
-            # rejected compression variants stay on disk but are never served
-            versions = sorted(
-                int(d.name)
-                for d in model_dir.iterdir()
-                if d.name.isdigit() and (d / MANIFEST).is_file() and not self._is_rejected(d)
-            )
-            found[model_dir.name] = versions
-        return found
-
-    def _is_rejected(self, version_dir: Path) -> bool:
-        if version_dir not in self._rejected:
-            self._rejected[version_dir] = is_rejected(version_dir)
-        return self._rejected[version_dir]
-
     async def refresh(self) -> bool:
-        """One pass: load new versions, drop versions and models gone from disk.
+        """One pass: follow aliases, load what should be loaded, drop what is gone.
 
         Returns:
-            Whether anything changed.
+            Whether the served or loaded versions changed.
         """
         async with self._refresh_lock:
             loop = asyncio.get_running_loop()
-            on_disk = await loop.run_in_executor(None, self.scan)
+            on_disk = await loop.run_in_executor(None, self._scanner.scan)
             changed = False
-            for name, versions in on_disk.items():
+            for name, model in on_disk.items():
                 entry = self.models.setdefault(name, ModelEntry(name))
-                entry.on_disk = versions
-                newest = next((v for v in reversed(versions) if v not in entry.failed), None)
-                if newest is not None and (entry.latest is None or newest > entry.latest):
-                    changed |= await self._load(entry, newest)
-                for v in [v for v in entry.versions if v not in versions]:
-                    if v != entry.latest or len(entry.versions) > 1:
-                        self._unload(entry, v)
-                        changed = True
+                changed |= await self._settle(entry, model)
             for name in [n for n in self.models if n not in on_disk]:
                 entry = self.models.pop(name)
                 for v in list(entry.versions):
                     self._unload(entry, v)
                 changed = True
-            if changed and self._on_change is not None:
-                self._on_change()
             return changed
 
-    async def _load(self, entry: ModelEntry, version: int) -> bool:
-        path = self.root / entry.name / str(version)
+    async def _settle(self, entry: ModelEntry, model: ModelOnDisk) -> bool:
+        entry.on_disk = list(model.versions)
+        entry.rejected = {v for v, d in model.versions.items() if d.rejected}
+        entry.target = model.target
+        entry.failed = {v: f for v, f in entry.failed.items() if v in model.versions}
+        before = (entry.served, {v: mv.identity for v, mv in entry.versions.items()})
+        served = await self._choose_served(entry, model)
+        if served is not None and served != entry.served:
+            if entry.served is not None:
+                log.info("%s: serving version %d (was %s)", entry.name, served, entry.served)
+            entry.served = served  # the swap: new requests naming no version go there now
+        for v in self._keep(entry.served, model.aliases):
+            if v != entry.served and v in model.versions:
+                await self._ensure(entry, model.versions[v], quiet=True)
+        # an alias moves in the URLs once its new version is loaded, as the served version does
+        previous = entry.aliases
+        entry.aliases = {
+            a: previous[a] if v not in entry.versions and previous.get(a) in entry.versions else v
+            for a, v in model.aliases.items()
+        }
+        keep = self._keep(entry.served, entry.aliases)
+        for v in [v for v in entry.versions if v not in keep]:
+            self._unload(entry, v)
+        return before != (entry.served, {v: mv.identity for v, mv in entry.versions.items()})
+
+    def _keep(self, served: int | None, aliases: dict[str, int]) -> list[int]:
+        keep = [v for v in [served, *alias_order(aliases, self.alias)] if v is not None]
+        return list(dict.fromkeys(keep))[: self.max_loaded_versions]
+
+    async def _choose_served(self, entry: ModelEntry, model: ModelOnDisk) -> int | None:
+        # the target first; then what serves now (a failing target keeps it); then, when nothing
+        # serves, every other candidate in this same pass
+        order = [model.target, entry.served if entry.served in model.versions else None]
+        order += [model.aliases.get(DEFAULT_ALIAS)]
+        order += [v for v in reversed(model.versions) if not model.versions[v].rejected]
+        # (a target without its manifest yet, a copy in progress, is not a candidate)
+        for v in dict.fromkeys(v for v in order if v is not None and v in model.versions):
+            if await self._ensure(entry, model.versions[v]):
+                return v
+        # nothing on disk loads: keep what is in memory (its directory may have been deleted)
+        return entry.served if entry.served in entry.versions else None
+
+    async def _ensure(
+        self, entry: ModelEntry, found: VersionOnDisk, *, quiet: bool = False
+    ) -> bool:
+        """Whether ``found`` is loaded as it is on disk now, loading it when due."""
+        loaded = entry.versions.get(found.version)
+        if loaded is not None and loaded.identity == found.identity:
+            return True
+        failure = entry.failed.get(found.version)
+        if (
+            failure is not None
+            and failure.fingerprint == found.fingerprint
+            and time.monotonic() < failure.retry_at
+        ):
+            return False
+        mv = await self._load(entry, found, quiet=quiet)
+        if mv is None:
+            return False
+        entry.versions[found.version] = mv
+        if loaded is not None:  # the directory was replaced: the old model drains
+            log.info("%s version %d changed on disk: reloaded", entry.name, found.version)
+            self._drain(loaded)
+        return True
+
+    async def _load(
+        self, entry: ModelEntry, found: VersionOnDisk, *, quiet: bool
+    ) -> ModelVersion | None:
+        name, version = entry.name, found.version
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         try:
-            predictor = await loop.run_in_executor(None, load_and_warm, self._loader, path)
+            predictor = await loop.run_in_executor(None, load_and_warm, self._loader, found.path)
         except Exception as exc:  # a bad bundle must not take the server down
-            entry.failed[version] = str(exc)
-            log.error("cannot load %s version %d: %s", entry.name, version, exc)
-            return False
-        name = entry.name
+            self._record_failure(entry, found, exc, quiet=quiet)
+            return None
+        entry.failed.pop(version, None)
 
         def on_batch(info: BatchInfo) -> None:
             if self._on_batch is not None:
@@ -235,47 +346,51 @@ class ModelRepository:
         await batcher.start()
         has_labels = predictor.task != "regression"
         num_scores = len(predictor.labels) if has_labels else 1
-        entry.versions[version] = ModelVersion(
-            name, version, predictor, batcher, num_scores, has_labels
-        )
-        # The swap: from here on new requests for the model go to this version.
-        entry.latest = version
         log.info("loaded %s version %d in %.2f s", name, version, time.perf_counter() - t0)
-        for old in sorted(entry.versions)[: -self.keep_versions]:
-            self._unload(entry, old)
-        return True
+        return ModelVersion(
+            name, version, predictor, batcher, num_scores, has_labels, found.identity
+        )
+
+    def _record_failure(
+        self, entry: ModelEntry, found: VersionOnDisk, exc: Exception, *, quiet: bool
+    ) -> None:
+        before = entry.failed.get(found.version)
+        same_files = before is not None and before.fingerprint == found.fingerprint
+        attempts = before.attempts + 1 if before is not None and same_files else 1
+        wait = min(self.max_backoff_s, self.poll_s * 2 ** (attempts - 1))
+        entry.failed[found.version] = LoadFailure(
+            str(exc), found.fingerprint, attempts, time.monotonic() + wait
+        )
+        level = logging.WARNING if quiet else logging.ERROR
+        log.log(
+            level,
+            "cannot load %s version %d (try %d, next in %d s): %s",
+            entry.name,
+            found.version,
+            attempts,
+            math.ceil(wait),
+            exc,
+        )
+        if self._on_load_failure is not None:
+            self._on_load_failure(entry.name, found.version)
 
     def _unload(self, entry: ModelEntry, version: int) -> None:
         mv = entry.versions.pop(version)
-        if entry.latest == version:
-            entry.latest = max(entry.versions) if entry.versions else None
-        # Drain in the background: requests already queued on this version still get answers.
+        if entry.served == version:
+            entry.served = None
+        self._drain(mv)
+        log.info("unloaded %s version %d", entry.name, version)
+
+    def _drain(self, mv: ModelVersion) -> None:
+        # in the background: requests already queued on this version still get answers
         task = asyncio.get_running_loop().create_task(mv.batcher.stop(drain=True))
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
-        log.info("unloaded %s version %d", entry.name, version)
 
     async def _poll_forever(self) -> None:
         while True:
             await asyncio.sleep(self.poll_s)
             try:
                 await self.refresh()
-            except Exception as exc:  # keep polling through a transient filesystem error
-                log.error("repository poll failed: %s", exc)
-
-
-def parse_version(version: str | int) -> int:
-    """A version from a URL: a positive integer.
-
-    Raises:
-        ValueError: anything else.
-    """
-    if isinstance(version, int):
-        v = version
-    elif isinstance(version, str) and version.isdigit() and len(version) < 10:
-        v = int(version)
-    else:
-        raise ValueError(f"version must be a positive integer, got {version!r}")
-    if v < 1:
-        raise ValueError(f"version must be a positive integer, got {version!r}")
-    return v
+            except Exception:  # keep polling through a transient filesystem error
+                log.exception("repository poll failed")

@@ -2,13 +2,21 @@
 
 uvicorn gives graceful shutdown for free: on SIGINT/SIGTERM it stops accepting connections,
 waits for in-flight requests, then runs the app's lifespan shutdown, which drains every batcher.
+
+Every server process, each of ``--workers N`` included, gets the same setup
+(:func:`prepare_process`): the GC tuning, a SIGTERM that ends in a clean exit, and modelyard's
+log handler. uvicorn's workers are fresh interpreters that run nothing of ours before they serve
+but the logging config uvicorn applies in each of them, so the setup rides on it (a filter
+factory in ``log_config``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
+import logging
 import os
 import signal
 import sys
@@ -21,10 +29,13 @@ from starlette.applications import Starlette
 
 from modelyard.config import ServeConfig
 from modelyard.errors import ConfigError
+from modelyard.logs import setup_logging
 from modelyard.serving.app import create_app
 from modelyard.serving.auth import read_api_keys
 
 _ENV = "MODELYARD_SERVE_ARGS"
+log = logging.getLogger("modelyard.serving")
+_prepared_pid: int | None = None
 
 
 def serve(
@@ -56,9 +67,8 @@ def serve(
         lifespan="on",
         # Let in-flight requests finish: they end within the request timeout.
         timeout_graceful_shutdown=int(settings.timeout_s) + 5,
+        log_config=_log_config(log_level),
     )
-    _exit_cleanly_on_sigterm()
-    _tune_gc()
     if settings.workers > 1:
         # Worker processes import the app by name; hand them the settings through the env.
         os.environ[_ENV] = json.dumps({"repo": str(root), "settings": settings.model_dump()})
@@ -70,6 +80,40 @@ def serve(
         )
     else:
         uvicorn.run(create_app(str(root), settings), **common)
+
+
+def _log_config(log_level: str) -> dict[str, Any]:
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    # dictConfig builds every declared filter, in every process uvicorn configures logging in
+    config.setdefault("filters", {})["modelyard_process"] = {
+        "()": prepare_process,
+        "log_level": log_level,
+    }
+    return config
+
+
+def prepare_process(log_level: str = "info") -> logging.Filter:
+    """Set up this server process once: GC tuning, clean exit on SIGTERM, modelyard's logging.
+
+    Returns:
+        A filter that lets everything through (the hook it is called by wants one).
+    """
+    global _prepared_pid
+    if _prepared_pid != os.getpid():
+        _prepared_pid = os.getpid()
+        if not logging.getLogger("modelyard").handlers:  # the CLI may have set it up already
+            setup_logging(log_level)
+        _exit_cleanly_on_sigterm()
+        _tune_gc()
+        log.info(
+            "process %d: gc tuned (threshold %s, %d objects frozen); SIGTERM exits cleanly",
+            os.getpid(),
+            gc.get_threshold(),
+            gc.get_freeze_count(),
+        )
+    return logging.Filter()
 
 
 def _tune_gc() -> None:
@@ -85,7 +129,12 @@ def _exit_cleanly_on_sigterm() -> None:
     # uvicorn drains on SIGTERM, then re-raises the signal with the handler found at start; make
     # that handler a normal exit so a graceful stop reports status 0, not "killed by SIGTERM".
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    log.info("process %d: SIGTERM, exiting cleanly", os.getpid())
+    sys.exit(0)
 
 
 def app_from_env() -> Starlette:

@@ -49,17 +49,18 @@ class ToyPredictor:
         *,
         gate: threading.Event | None = None,
         fail_on: str | None = None,
+        error: type[Exception] = RuntimeError,
         task: str = "multiclass",
     ) -> None:
         self.name, self.version, self.task = name, version, task
         self.labels = [] if task == "regression" else list(LABELS)
-        self.gate, self.fail_on = gate, fail_on
+        self.gate, self.fail_on, self.error = gate, fail_on, error
         self.warmed = False
         self.batches: list[int] = []
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         if self.fail_on is not None and self.fail_on in texts:
-            raise RuntimeError("toy failure")
+            raise self.error("toy failure")
         return [[len(w) for w in t.split()] or [1] for t in texts]
 
     def infer(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
@@ -102,10 +103,10 @@ def toy_repo(root: Path, models: dict[str, list[int]]) -> Path:
     return root
 
 
-def add_toy_version(root: Path, name: str, version: int) -> None:
+def add_toy_version(root: Path, name: str, version: int, manifest: str = "{}") -> None:
     d = root / name / str(version)
     d.mkdir(parents=True)
-    (d / "manifest.json").write_text("{}")
+    (d / "manifest.json").write_text(manifest)
 
 
 def toy_loader(path: Path) -> ToyPredictor:
