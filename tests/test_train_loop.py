@@ -45,8 +45,7 @@ def tiny_config(tmp_path: Path, name: str = "tiny", **train: Any) -> Config:
             "output_dir": str(tmp_path / "runs"),
             "data": {"train": files["train"], "test": files["test"], "validation_split": 0.25},
             "tokenizer": {"num_words": 99, "max_length": 16},
-            # init torch: these tiny 4-epoch runs and their >= 0.9 bars were tuned under it
-            "model": {"kind": "lstm", "init": "torch", "embedding_dim": 16, "hidden_size": 16},
+            "model": {"kind": "lstm", "embedding_dim": 16, "hidden_size": 16},
             "train": train_cfg,
         }
     )
