@@ -73,7 +73,7 @@ def child_env(tmp_path: Path, audit: bool = False) -> dict[str, str]:
         (tmp_path / "audit").mkdir()
         paths.insert(0, str(AUDIT))
         env |= {"WRITE_AUDIT_ROOT": str(tmp_path), "WRITE_AUDIT_DIR": str(tmp_path / "audit")}
-    env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")])
     return env
 
 
