@@ -13,12 +13,22 @@ with ratios against ``plain``. The three run interleaved, one epoch of each in t
 on a shared machine hits all of them alike.
 
     .venv/bin/python bench/train_throughput.py --epochs 3
+
+With ``--nproc 2`` it compares data-parallel training instead: ``modelyard train --nproc 1`` vs
+``--nproc 2`` (torchrun, gloo on CPU, one torch thread per process, the same global batch), each a
+fresh CLI run; samples/s are the global samples over rank 0's training-step time, from the run's
+metrics.jsonl, and the ratio is 2 processes over 1.
+
+    .venv/bin/python bench/train_throughput.py --nproc 2 --epochs 2
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -144,12 +154,44 @@ class PlainVariant:
         return compute_metrics("binary", self.splits.test.targets, probs, labels)
 
 
+def compare_processes(config_path: Path, epochs: int, nproc: int) -> None:
+    """1 vs ``nproc`` processes through the CLI, the same config and global batch."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (1, nproc):
+            sets = [f"train.epochs={epochs}", "train.num_threads=1", "train.progress=false"]
+            sets += [f"output_dir={tmp}", f"name=bench-{n}"]
+            cmd = [sys.executable, "-m", "modelyard", "--log-level", "warning", "train"]
+            cmd += [str(config_path), "--nproc", str(n), *[a for s in sets for a in ("--set", s)]]
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            wall = time.perf_counter() - t0
+            lines = (Path(tmp) / f"bench-{n}" / "metrics.jsonl").read_text().splitlines()
+            records = [json.loads(line) for line in lines]
+            run = json.loads((Path(tmp) / f"bench-{n}" / "run.json").read_text())
+            seen = run["num_train"] * len(records)
+            seconds = sum(r["epoch_time_s"] for r in records)
+            rows.append((n, seen / seconds, seconds / len(records), wall, records[-1]))
+    print(f"\n{config_path.name}, {epochs} epochs, 1 torch thread per process, gloo on CPU")
+    head = ("processes", "samples/s", "s/epoch", "ratio", "wall s", "val_loss", "val_acc")
+    print("{:<10} {:>10} {:>8} {:>7} {:>7} {:>9} {:>8}".format(*head))
+    for n, rate, epoch_s, wall, last in rows:
+        print(
+            f"{n:<10} {rate:>10.0f} {epoch_s:>8.2f} {rate / rows[0][1]:>6.2f}x {wall:>7.1f} "
+            f"{last['val_loss']:>9.4f} {last.get('val_accuracy', float('nan')):>8.4f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "examples" / "seed.yaml"))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--nproc", type=int, help="compare 1 vs N data-parallel processes")
     args = parser.parse_args()
+    if args.nproc:
+        compare_processes(Path(args.config), args.epochs, args.nproc)
+        return
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)

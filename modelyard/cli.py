@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,13 +59,55 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         raise RunError("give a config file, or --resume runs/NAME")
 
+    from modelyard.training import distributed
+
+    if args.nproc is not None:
+        if distributed.under_torchrun(os.environ):
+            raise RunError("--nproc starts torchrun; under torchrun the world is torchrun's")
+        distributed.check_nproc(args.nproc, config)
+        if args.resume:
+            _check_resume_world(Path(args.resume), args.nproc)
+        if args.nproc > 1:
+            argv = _without_options(args.argv, ("--nproc", "--master-addr", "--master-port"))
+            return distributed.launch(argv, args.nproc, args.master_addr, args.master_port)
+    world = distributed.World.from_env(os.environ)
+    if not world.is_main:  # rank 0 tells the story; the others speak up only for trouble
+        logging.getLogger("modelyard").setLevel(logging.WARNING)
+
     from modelyard.training import train
 
-    run = train(config, resume=bool(args.resume), overwrite=args.overwrite)
+    run = train(config, resume=bool(args.resume), overwrite=args.overwrite, world=world)
+    if not world.is_main:
+        return 0
     print(f"run: {run.dir}")
     if run.test_metrics:
         print("test: " + _format_metrics(run.test_metrics, run.test_size))
     return 0
+
+
+def _check_resume_world(run_dir: Path, nproc: int) -> None:
+    from modelyard.runs import RunPaths
+    from modelyard.training.checkpoint import trained_world_size
+
+    state = RunPaths(run_dir).state
+    if state.is_file() and (saved := trained_world_size(state)) != nproc:
+        raise RunError(
+            f"{run_dir} was trained with {saved} process(es); resume it with --nproc {saved}"
+        )
+
+
+def _without_options(argv: Sequence[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` less the options ``names`` and their values (``--x V`` or ``--x=V``)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        elif not arg.startswith(tuple(f"{n}=" for n in names)):
+            out.append(arg)
+    return out
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -274,6 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train data-parallel in N processes on this machine (relaunches under torchrun; "
+        "train.batch_size stays the global batch)",
+    )
+    p.add_argument("--master-addr", default="127.0.0.1", help="with --nproc: rendezvous host")
+    p.add_argument("--master-port", type=int, help="with --nproc: rendezvous port (default: free)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a run or a bundle on labelled data")
@@ -374,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``modelyard`` console script. Returns the exit status."""
     parser = build_parser()
+    argv = list(argv) if argv is not None else sys.argv[1:]
     args = parser.parse_args(argv)
+    args.argv = argv  # `train --nproc` relaunches itself with these
     setup_logging(args.log_level, args.log_format)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -32,6 +32,7 @@ from modelyard.training.checkpoint import (
     save_weights,
     set_rng_state,
 )
+from modelyard.training.distributed import World
 from modelyard.training.epochs import train_step
 from modelyard.training.losses import build_loss, class_weights
 from modelyard.training.optim import (
@@ -189,6 +190,8 @@ def _session(accum: int, batch: int, seqs: list[list[int]], y: np.ndarray) -> Si
         padding_side="right",
         train=SimpleNamespace(seqs=seqs, targets=y),
         progress=SimpleNamespace(global_step=0),
+        world=World(),  # one process
+        ddp=None,
     )
 
 

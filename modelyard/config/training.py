@@ -65,7 +65,9 @@ class TrainConfig(StrictModel):
     monitor: str = "val_loss"  # which validation metric picks the best checkpoint
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint_every_steps: int | None = Field(None, ge=1)  # mid-epoch checkpoints for resume
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:[0-9]+)$")  # auto|cpu|cuda|cuda:N
+    # data-parallel runs (--nproc N, torchrun): auto = nccl on CUDA, gloo on CPU
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
     # bf16: training forward passes under autocast (weights, validation and export stay fp32)
     precision: Literal["fp32", "bf16"] = "fp32"
     num_threads: int | None = Field(None, ge=1)

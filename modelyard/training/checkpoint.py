@@ -25,6 +25,7 @@ from torch import nn
 from modelyard.atomic import atomic_path, atomic_write, atomic_write_text
 from modelyard.errors import RunError
 from modelyard.metrics import json_safe
+from modelyard.training.distributed import gather
 from modelyard.training.state import STATE_FORMAT, Progress, Session
 
 log = logging.getLogger("modelyard.training")
@@ -110,7 +111,14 @@ def load_state(path: str | Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- a session's state
 def save_checkpoint(session: Session) -> None:
-    """Write ``last.safetensors`` and ``last.state.pt`` (each atomically)."""
+    """Write ``last.safetensors`` and ``last.state.pt`` (each atomically).
+
+    Every rank calls it (its RNG state is gathered); rank 0 alone writes. The weights and
+    optimizer state are rank 0's: DDP keeps them equal on every rank.
+    """
+    rngs = gather(rng_state(), session.world)
+    if not session.world.is_main:
+        return
     p = session.progress
     meta = {"epoch": str(p.epoch), "step_in_epoch": str(p.step_in_epoch)}
     save_weights(session.paths.weights("last"), session.model, meta)
@@ -119,7 +127,9 @@ def save_checkpoint(session: Session) -> None:
         "model": {k: v.detach().cpu().clone() for k, v in session.model.state_dict().items()},
         "optimizer": session.optimizer.state_dict(),
         "schedule": session.schedule.state_dict(),
-        "rng": rng_state(),
+        "rng": rngs[0],
+        "world_size": session.world.size,
+        "rank_rng": rngs,  # rank r resumes with rank_rng[r]
         "progress": asdict(p),
         "best": session.best.state_dict(),
         "early_stopping": (
@@ -129,12 +139,24 @@ def save_checkpoint(session: Session) -> None:
     save_state(session.paths.state, state)
 
 
+def trained_world_size(path: str | Path) -> int:
+    """How many processes trained the run whose training state is ``path``."""
+    return int(load_state(path).get("world_size", 1))
+
+
 def restore_checkpoint(session: Session) -> None:
     """Load the last checkpoint into a freshly set-up session (the resume path)."""
     state = load_state(session.paths.state)
     if state.get("format") != STATE_FORMAT:
         raise RunError(
             f"{session.paths.state}: unknown training-state format {state.get('format')}"
+        )
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != session.world.size:
+        # another N would shard differently and lack RNG states: the resume would not be exact
+        raise RunError(
+            f"{session.paths.dir} was trained with {saved_world} process(es); resume it with "
+            f"--nproc {saved_world} (this run has {session.world.size})"
         )
     try:
         session.model.load_state_dict(state["model"])
@@ -150,8 +172,9 @@ def restore_checkpoint(session: Session) -> None:
     known = {f.name for f in fields(Progress)}
     session.progress = Progress(**{k: v for k, v in state["progress"].items() if k in known})
     # the epochs the checkpoint knows are the truth: drop lines a crash left after it
-    lines = "".join(json.dumps(json_safe(r)) + "\n" for r in session.progress.history)
-    atomic_write_text(session.paths.metrics, lines)
-    set_rng_state(state["rng"])
+    if session.world.is_main:
+        lines = "".join(json.dumps(json_safe(r)) + "\n" for r in session.progress.history)
+        atomic_write_text(session.paths.metrics, lines)
+    set_rng_state(state.get("rank_rng", [state["rng"]])[session.world.rank])
     p = session.progress
     log.info("resuming %s at epoch %d, batch %d", session.paths.dir, p.epoch + 1, p.step_in_epoch)

@@ -23,13 +23,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → cuda when available, else cpu; ``cuda`` without a GPU is a config error."""
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """``auto`` → cuda when available, else cpu; ``cuda`` without a GPU is a config error.
+
+    Args:
+        name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        local_rank: in a data-parallel run, this process's rank on its node: CUDA runs use
+            ``cuda:LOCAL_RANK``.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' was asked for, but torch sees no CUDA device")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"train.device: '{name}' was asked for, but torch sees no CUDA device")
+    device = torch.device(name)
+    if local_rank is not None:
+        if device.index is not None:
+            raise ConfigError(
+                f"train.device {name}: a data-parallel rank uses cuda:LOCAL_RANK; set cuda"
+            )
+        device = torch.device("cuda", local_rank)
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ConfigError(f"train.device {name}: torch sees {count} CUDA device(s)")
+    if device.index is not None:
+        torch.cuda.set_device(device)
+    return device
 
 
 def warn_slow_bf16(precision: str, device: torch.device) -> None:

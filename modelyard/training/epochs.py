@@ -8,6 +8,7 @@ those.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ from modelyard.errors import RunError
 from modelyard.metrics import compute_metrics, json_safe
 from modelyard.training.batches import epoch_batches
 from modelyard.training.checkpoint import save_checkpoint, save_weights
+from modelyard.training.distributed import accumulating, all_reduce_sum, broadcast, shard
 from modelyard.training.inference import activate_logits, forward_logits, metric_scores, to_tensors
 from modelyard.training.optim import current_lr
 from modelyard.training.state import EncodedSplit, Session
@@ -36,19 +38,28 @@ def train_step(session: Session, group: Sequence[np.ndarray]) -> tuple[float, in
     """One optimizer step over ``group`` (``grad_accum_steps`` micro-batches).
 
     Each micro-batch's mean loss is weighted by its share of the group's samples, so the
-    gradient equals that of one batch holding the whole group.
+    gradient equals that of one batch holding the whole group. In a data-parallel run each rank
+    trains its shard of every batch and the weight is the shard's share times the world size,
+    since DDP averages gradients over ranks: the step is still that of the whole group.
 
     Returns:
-        The summed training loss over the group's samples, and the sample count.
+        The summed training loss over the group's samples (all ranks), and the sample count.
     """
     cfg = session.config.train
-    model, device = session.model, session.device
+    model, device, world = session.model, session.device, session.world
+    net = session.ddp if session.ddp is not None else model
     model.train()
     session.optimizer.zero_grad(set_to_none=True)
     total = sum(len(idx) for idx in group)
     loss_sum = 0.0
     length = None if cfg.bucketing else session.max_length
-    for idx in group:
+    for k, batch in enumerate(group):
+        idx = shard(batch, world)
+        weight = len(idx) / total * world.size
+        if len(idx) == 0:  # a last batch smaller than the world: join the all-reduce with 0
+            idx, weight = batch[:1], 0.0
+        # DDP all-reduces on the group's last backward only; earlier ones accumulate locally
+        sync = accumulating(session.ddp) if k < len(group) - 1 else contextlib.nullcontext()
         ids, mask = to_tensors(
             [session.train.seqs[i] for i in idx],
             pad_id=session.pad_id,
@@ -57,11 +68,15 @@ def train_step(session: Session, group: Sequence[np.ndarray]) -> tuple[float, in
             device=device,
         )
         targets = torch.from_numpy(session.train.targets[idx]).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            logits = model(ids, mask)
-        loss = session.loss_fn(logits.float(), targets)
-        (loss * (len(idx) / total)).backward()
-        loss_sum += float(loss.detach()) * len(idx)
+        with sync:
+            bf16 = cfg.precision == "bf16"
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = net(ids, mask)
+            loss = session.loss_fn(logits.float(), targets)
+            (loss * weight).backward()
+        if weight > 0:
+            loss_sum += float(loss.detach()) * len(idx)
+    (loss_sum,) = all_reduce_sum([loss_sum], world)
     if not math.isfinite(loss_sum):
         raise RunError(
             f"training loss became {loss_sum} at step {session.progress.global_step + 1}; "
@@ -90,7 +105,7 @@ def train_epoch(session: Session, epoch: int) -> None:
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
         unit="batch",
         leave=False,
-        disable=not _show_progress(cfg.progress),
+        disable=not _show_progress(cfg.progress and session.world.is_main),
         dynamic_ncols=True,
     )
     try:
@@ -142,28 +157,40 @@ def validate(session: Session, split: EncodedSplit | None = None) -> dict[str, f
 
 
 def end_epoch(session: Session, epoch: int) -> bool:
-    """Validate, log, pick the best checkpoint, step epoch schedules, save; True = stop now."""
+    """Validate, log, pick the best checkpoint, step epoch schedules, save; True = stop now.
+
+    In a data-parallel run rank 0 validates and broadcasts the record, so every rank takes the
+    same schedule, best-checkpoint and early-stopping decisions; rank 0 alone writes.
+    """
     cfg = session.config.train
     p = session.progress
-    record: dict[str, Any] = {
-        "epoch": epoch + 1,
-        "step": p.global_step,
-        "train_loss": p.loss_sum / max(p.seen, 1),
-        **validate(session),
-        "lr": current_lr(session.optimizer),
-        "epoch_time_s": round(p.elapsed_s, 4),
-        "samples_per_s": round(p.seen / max(p.elapsed_s, 1e-9), 1),
-    }
+    main = session.world.is_main
+    record: dict[str, Any] | None = None
+    if main:
+        record = {
+            "epoch": epoch + 1,
+            "step": p.global_step,
+            "train_loss": p.loss_sum / max(p.seen, 1),
+            **validate(session),
+            "lr": current_lr(session.optimizer),
+            "epoch_time_s": round(p.elapsed_s, 4),
+            "samples_per_s": round(p.seen / max(p.elapsed_s, 1e-9), 1),
+        }
+    record = broadcast(record, session.world)
+    if record is None:
+        raise RunError(f"epoch {epoch + 1}: rank 0 sent no validation record")
     p.history.append(record)
-    with session.paths.metrics.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(json_safe(record)) + "\n")
+    if main:
+        with session.paths.metrics.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(json_safe(record)) + "\n")
     session.schedule.after_epoch(record)
     improved = session.best.update(float(record[session.best.monitor]), epoch + 1)
     # a NaN monitor (e.g. ROC AUC on one class) never improves; still keep a best checkpoint
-    if improved or not session.paths.weights("best").is_file():
+    if main and (improved or not session.paths.weights("best").is_file()):
         save_weights(session.paths.weights("best"), session.model, {"epoch": str(epoch + 1)})
     stop = session.early_stopping.step(record) if session.early_stopping is not None else False
-    log.info(_epoch_line(record, cfg.epochs, improved))
+    if main:
+        log.info(_epoch_line(record, cfg.epochs, improved))
     if session.writer is not None:
         for key, value in record.items():
             if key != "epoch" and isinstance(value, (int, float)):

@@ -26,6 +26,7 @@ from modelyard.tokenize import build_tokenizer, encode, load_tokenizer, tokenize
 from modelyard.training.batches import batches_per_epoch
 from modelyard.training.callbacks import BestTracker, EarlyStopping, metric_mode, resolve_monitor
 from modelyard.training.checkpoint import restore_checkpoint
+from modelyard.training.distributed import World, local_rank, on_main, seed_rank, wrap
 from modelyard.training.environment import resolve_device, seed_everything, warn_slow_bf16
 from modelyard.training.losses import build_loss
 from modelyard.training.optim import build_optimizer, build_schedule
@@ -87,13 +88,15 @@ def looks_like_a_run(paths: RunPaths) -> bool:
 
 
 def _load_or_build_tokenizer(
-    config: Config, paths: RunPaths, splits: DataSplits, resume: bool
+    config: Config, paths: RunPaths, splits: DataSplits, resume: bool, world: World
 ) -> Tokenizer:
     if resume and paths.tokenizer.is_file():
         return load_tokenizer(paths.tokenizer)
+    # every rank builds the same tokenizer from the same texts; rank 0 saves it
     tok = build_tokenizer(config.tokenizer, config.data.clean, splits.train.texts)
-    with atomic_path(paths.tokenizer) as tmp:
-        tok.save(str(tmp))
+    if world.is_main:
+        with atomic_path(paths.tokenizer) as tmp:
+            tok.save(str(tmp))
     return tok
 
 
@@ -123,15 +126,17 @@ def _check_tensorboard(config: Config) -> None:
         ) from exc
 
 
-def _tensorboard_writer(config: Config, paths: RunPaths) -> Any:
-    if not config.train.tensorboard:
+def _tensorboard_writer(config: Config, paths: RunPaths, world: World) -> Any:
+    if not config.train.tensorboard or not world.is_main:
         return None
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=str(paths.tensorboard))
 
 
-def setup(config: Config, *, resume: bool = False, overwrite: bool = False) -> Session:
+def setup(
+    config: Config, *, resume: bool = False, overwrite: bool = False, world: World | None = None
+) -> Session:
     """Prepare a run: directory, data, tokenizer, encoded splits, model, optimizer, schedule.
 
     With ``resume`` the model, optimizer, schedule, counters and RNG states come from the last
@@ -141,6 +146,8 @@ def setup(config: Config, *, resume: bool = False, overwrite: bool = False) -> S
         config: the resolved config.
         resume: continue the run in ``config.run_dir`` from its last checkpoint.
         overwrite: delete an existing run in ``config.run_dir`` first.
+        world: this process among data-parallel ranks (default: one process); the process
+            group must be up (:func:`.distributed.process_group`). Rank 0 alone writes.
 
     Returns:
         A :class:`Session` ready for :func:`fit`.
@@ -152,7 +159,8 @@ def setup(config: Config, *, resume: bool = False, overwrite: bool = False) -> S
     """
     paths = RunPaths(config.run_dir)
     tcfg = config.train
-    device = resolve_device(tcfg.device)
+    world = world if world is not None else World()
+    device = resolve_device(tcfg.device, local_rank(world))
     warn_slow_bf16(tcfg.precision, device)
     _check_tensorboard(config)
     # everything that can fail on the config or the data fails here, before the run directory
@@ -177,15 +185,16 @@ def setup(config: Config, *, resume: bool = False, overwrite: bool = False) -> S
         plateau_monitor = resolve_monitor(schedule_cfg.monitor, monitors, "train.schedule.monitor")
         schedule_cfg = schedule_cfg.model_copy(update={"monitor": plateau_monitor})
 
-    prepare_run_dir(paths, resume=resume, overwrite=overwrite)
-    if resume and paths.config.is_file():
+    on_main(world, lambda: prepare_run_dir(paths, resume=resume, overwrite=overwrite))
+    if resume and world.is_main and paths.config.is_file():
         saved = yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {}
         now = yaml.safe_load(dump_config(config))
         # where the run directory lives may change (a moved run); what it trains may not
         if {**saved, "output_dir": None} != {**now, "output_dir": None}:
             log.warning("resuming %s with a config that differs from its config.yaml", paths.dir)
-    atomic_write_text(paths.config, dump_config(config))
-    tok = _load_or_build_tokenizer(config, paths, splits, resume)
+    if world.is_main:
+        atomic_write_text(paths.config, dump_config(config))
+    tok = _load_or_build_tokenizer(config, paths, splits, resume, world)
     info = tokenizer_info(tok)
     train_split = encode_split(tok, splits.train)
     validation = encode_split(tok, splits.validation)
@@ -201,6 +210,7 @@ def setup(config: Config, *, resume: bool = False, overwrite: bool = False) -> S
         max_length=max_length,
         pad_id=int(info.pad_id),
     ).to(device)
+    seed_rank(world, config.seed)
     loss_fn = build_loss(tcfg.loss, config.task, train_split.targets, splits.labels.num_outputs).to(
         device
     )
@@ -231,19 +241,22 @@ def setup(config: Config, *, resume: bool = False, overwrite: bool = False) -> S
         device=device,
         best=best,
         early_stopping=early,
+        world=world,
     )
     if resume:
         restore_checkpoint(session)
+    session.ddp = wrap(model, world, device)
     write_run_json(session, "running")
-    session.writer = _tensorboard_writer(config, paths)
+    session.writer = _tensorboard_writer(config, paths, world)
     log.info(
-        "run %s: %d train / %d validation texts, vocab %d, %d parameters, device %s",
+        "run %s: %d train / %d validation texts, vocab %d, %d parameters, device %s, %d rank(s)",
         paths.dir,
         len(train_split),
         len(validation),
         info.vocab_size,
         sum(p.numel() for p in model.parameters()),
         device,
+        world.size,
     )
     return session
 

@@ -9,11 +9,13 @@ batches and ends with the same weights as one that was never interrupted.
 from __future__ import annotations
 
 import logging
+import os
 
 from modelyard.config import Config
 from modelyard.metrics import format_with_interval
 from modelyard.plots import plot_learning_curves
 from modelyard.runs import Run
+from modelyard.training.distributed import World, barrier, check_ranks_agree, process_group
 from modelyard.training.environment import torch_settings
 from modelyard.training.epochs import fit
 from modelyard.training.evaluation import evaluate_examples
@@ -67,14 +69,20 @@ def close(session: Session) -> None:
         session.writer = None
 
 
-def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> Run:
+def train(
+    config: Config, *, resume: bool = False, overwrite: bool = False, world: World | None = None
+) -> Run:
     """Train a model as the config says and write the run directory ``config.run_dir``.
+
+    Under torchrun (``WORLD_SIZE`` > 1) it trains data-parallel: one rank per process, the
+    config's ``train.batch_size`` is the global batch, rank 0 writes the run directory.
 
     Args:
         config: the resolved config (:func:`modelyard.config.load_config`).
         resume: continue from the run's last checkpoint (pass the run's saved config); ends with
             the same weights as an uninterrupted run.
         overwrite: delete an existing run of the same name first.
+        world: this process among the ranks (default: read from torchrun's environment).
 
     Returns:
         The finished :class:`Run`.
@@ -84,10 +92,13 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> R
             resume; the loss diverged.
         ConfigError, DataError: from the config and the data files.
     """
-    with torch_settings(config):
-        session = setup(config, resume=resume, overwrite=overwrite)
+    world = world if world is not None else World.from_env(os.environ)
+    with torch_settings(config), process_group(world, config):
+        session = setup(config, resume=resume, overwrite=overwrite, world=world)
         try:
             fit(session)
+            if world.distributed:
+                session.digests = check_ranks_agree(session.model, world)
         except KeyboardInterrupt:
             write_run_json(session, "interrupted")
             raise
@@ -96,4 +107,6 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> R
             raise
         finally:
             close(session)
-        return finish(session)
+        run = finish(session) if world.is_main else None
+        barrier(world)  # the other ranks return once rank 0 has finished the run directory
+        return run if run is not None else Run.load(session.paths.dir)

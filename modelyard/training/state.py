@@ -21,6 +21,7 @@ from modelyard.config import Config
 from modelyard.metrics import json_safe
 from modelyard.runs import RunPaths
 from modelyard.training.callbacks import BestTracker, EarlyStopping
+from modelyard.training.distributed import World
 from modelyard.training.optim import Schedule
 
 if TYPE_CHECKING:
@@ -82,12 +83,17 @@ class Session:
     early_stopping: EarlyStopping | None
     progress: Progress = field(default_factory=Progress)
     writer: Any = None  # torch.utils.tensorboard.SummaryWriter when train.tensorboard
+    world: World = field(default_factory=World)  # this process among the data-parallel ranks
+    ddp: nn.Module | None = None  # the DDP wrapper of ``model`` that trains, when distributed
+    digests: list[str] = field(default_factory=list)  # each rank's final weights (rank 0)
 
 
 def write_run_json(session: Session, status: str) -> None:
-    """Write run.json: what a model needs to be rebuilt, and how the run went."""
+    """Write run.json: what a model needs to be rebuilt, and how the run went (rank 0 only)."""
+    if not session.world.is_main:
+        return
     progress = session.progress
-    info = {
+    info: dict[str, object] = {
         "name": session.config.name,
         "task": session.config.task,
         "labels": list(session.labels.labels),
@@ -107,6 +113,8 @@ def write_run_json(session: Session, status: str) -> None:
         "num_train": len(session.train),
         "num_validation": len(session.validation),
         "device": str(session.device),
+        "world_size": session.world.size,
+        **({"rank_weights_sha256": session.digests} if session.digests else {}),
         "seed": session.config.seed,
         "modelyard_version": __version__,
         "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
