@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 from helpers.synthetic import write_synthetic
-from safetensors.torch import load_file
+from helpers.weights import assert_same_weights, weights
 
 from modelyard.cli import main
 from modelyard.config import load_config
@@ -86,16 +86,6 @@ def cli(tmp_path: Path, *args: str, audit: bool = False) -> subprocess.Completed
         text=True,
         timeout=300,
     )
-
-
-def weights(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / "checkpoints" / f"{which}.safetensors"))
-
-
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 def test_two_processes_learn_agree_and_match_one_process(tmp_path: Path) -> None:

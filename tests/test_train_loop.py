@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from helpers.synthetic import write_synthetic
-from safetensors.torch import load_file
+from helpers.weights import assert_same_weights, weights
 
 import modelyard
 from modelyard.config import Config, dump_config, load_config
@@ -49,16 +48,6 @@ def tiny_config(tmp_path: Path, name: str = "tiny", **train: Any) -> Config:
             "train": train_cfg,
         }
     )
-
-
-def weights(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / "checkpoints" / f"{which}.safetensors"))
-
-
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 def test_train_learns_and_writes_the_run_dir(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
 
 
 def warn_slow_bf16(precision: str, device: torch.device) -> None:
-    """Say so when bf16 autocast on this CPU is emulated: measured 15x slower than fp32 (AVX2)."""
+    """Say so when bf16 autocast on this CPU is emulated (no AVX512-BF16): far slower than fp32."""
     if precision != "bf16" or device.type != "cpu":
         return
     try:
