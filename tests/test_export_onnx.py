@@ -11,7 +11,6 @@ default pass covers every kind and every task once (``DEFAULT_PAIRS``, ~40 s);
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import random
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers.synthetic import BAD, FILLER, GOOD
+from helpers.synthetic import BAD, FILLER, GOOD, write_rows
 
 from modelyard.batch_predict import predict_file
 from modelyard.bundle import Bundle, sha256_file
@@ -77,13 +76,6 @@ def _example(rng: random.Random, task: str) -> tuple[str, str]:
     return " ".join(words), label
 
 
-def _write(path: Path, rows: list[tuple[str, str]]) -> None:
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["text", "label"])
-        writer.writerows(rows)
-
-
 class Runs:
     """Trains (once) and exports (once) the tiny run of each kind × task for this module."""
 
@@ -95,8 +87,8 @@ class Runs:
         train, test = self.root / f"{task}-train.csv", self.root / f"{task}-test.csv"
         if not train.exists():
             rng = random.Random(task)
-            _write(train, [_example(rng, task) for _ in range(32)])
-            _write(test, [_example(rng, task) for _ in range(16)])
+            write_rows(train, [_example(rng, task) for _ in range(32)])
+            write_rows(test, [_example(rng, task) for _ in range(16)])
         return train, test
 
     def get(self, kind: str, task: str) -> tuple[Any, Bundle]:

@@ -9,7 +9,6 @@ and, when the [mobile] extra is installed, exported to TFLite.
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import random
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from helpers.synthetic import write_rows
 
 from modelyard.bundle import Bundle
 from modelyard.compress import compress
@@ -51,13 +51,6 @@ def example(rng: random.Random, task: str) -> tuple[str, str]:
     return " ".join(words), label
 
 
-def write(path: Path, rows: list[tuple[str, str]]) -> None:
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["text", "label"])
-        writer.writerows(rows)
-
-
 class Runs:
     """One tiny run and its ONNX bundle per task, trained and exported once for the module."""
 
@@ -69,8 +62,8 @@ class Runs:
         train, test = self.root / f"{task}-train.csv", self.root / f"{task}-test.csv"
         if not train.exists():
             rng = random.Random(task)
-            write(train, [example(rng, task) for _ in range(160)])
-            write(test, [example(rng, task) for _ in range(60)])
+            write_rows(train, [example(rng, task) for _ in range(160)])
+            write_rows(test, [example(rng, task) for _ in range(60)])
         return train, test
 
     def get(self, task: str) -> tuple[Any, Bundle]:

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("litert_torch", reason="TFLite export needs litert-torch ([mobile] extra)")
 pytest.importorskip("ai_edge_litert", reason="the LiteRT runtime needs ai-edge-litert")
 
-from helpers.synthetic import BAD, FILLER, GOOD
+from helpers.synthetic import BAD, FILLER, GOOD, write_rows
 
 from modelyard.bundle import Bundle
 from modelyard.config import load_config
@@ -55,11 +55,6 @@ def _example(rng: random.Random) -> tuple[str, str]:
     return " ".join(words), ["neg", "mixed", "pos"][(good > bad) - (good < bad) + 1]
 
 
-def _write(path: Path, rows: list[tuple[str, str]]) -> None:
-    lines = ["text,label", *(f"{t},{y}" for t, y in rows)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 class Exports:
     """Trains each kind's tiny multiclass run once and exports each variant once."""
 
@@ -69,8 +64,8 @@ class Exports:
         self.bundles: dict[tuple[str, str | None, int], Bundle] = {}
         rng = random.Random(5)
         self.train, self.test = root / "train.csv", root / "test.csv"
-        _write(self.train, [_example(rng) for _ in range(48)])
-        _write(self.test, [_example(rng) for _ in range(24)])
+        write_rows(self.train, [_example(rng) for _ in range(48)])
+        write_rows(self.test, [_example(rng) for _ in range(24)])
 
     def run(self, kind: str) -> Any:
         if kind not in self.runs:

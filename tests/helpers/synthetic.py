@@ -56,3 +56,11 @@ def write_synthetic(
                 writer.writerow([" ".join(text), label])
         paths[split] = str(path)
     return paths
+
+
+def write_rows(path: Path, rows: list[tuple[str, str]]) -> None:
+    """A ``text,label`` CSV of ``rows`` (quoted as the csv module does)."""
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
