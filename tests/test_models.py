@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+from helpers.padding import padding_variants, place, sample_texts
 
 from modelyard.config import MODEL_KINDS, CNNConfig, RNNConfig, TransformerConfig
 from modelyard.errors import ConfigError
@@ -73,29 +74,10 @@ def tiny_model(cfg: AnyConfig, task: str = "multiclass", num_outputs: int = 3) -
     return model.eval()
 
 
-def place(rows: list[tuple[torch.Tensor, int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Put each (ids, start) row into a (B, width) batch of zeros; the mask marks the ids."""
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for r, (seq, start) in enumerate(rows):
-        ids[r, start : start + len(seq)] = seq
-        mask[r, start : start + len(seq)] = 1
-    return ids, mask
-
-
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
 def test_padding_invariance(cfg: AnyConfig) -> None:
     model = tiny_model(cfg)
-    gen = torch.Generator().manual_seed(1)
-    text = torch.randint(1, VOCAB, (6,), generator=gen)
-    long_a = torch.randint(1, VOCAB, (37,), generator=gen)
-    long_b = torch.randint(1, VOCAB, (25,), generator=gen)
-    width = 37
-    with torch.no_grad():
-        alone = model(text[None], torch.ones(1, 6, dtype=torch.long))[0]
-        right = model(*place([(long_a, 0), (text, 0), (long_b, 0)], width))[1]
-        left = model(*place([(long_a, 0), (long_b, width - 25), (text, width - 6)], width))[2]
-        middle = model(*place([(text, 9), (long_a, 0)], width))[0]
+    alone, (right, left, middle) = padding_variants(model, *sample_texts(VOCAB))
     torch.testing.assert_close(right, alone, atol=1e-5, rtol=0)
     torch.testing.assert_close(left, alone, atol=1e-5, rtol=0)
     torch.testing.assert_close(middle, alone, atol=1e-5, rtol=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.padding import padding_variants, place, sample_texts
 
 from modelyard.compress.prune import prune_model
 from modelyard.config import BagOfNgramsConfig, load_config
@@ -35,16 +36,6 @@ def tiny(
     return model.eval()
 
 
-def place(rows: list[tuple[torch.Tensor, int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Put each (ids, start) row into a (B, width) batch of zeros; the mask marks the ids."""
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for r, (seq, start) in enumerate(rows):
-        ids[r, start : start + len(seq)] = seq
-        mask[r, start : start + len(seq)] = 1
-    return ids, mask
-
-
 def ngram_ids(model: BagOfNgramsClassifier, seq: list[int]) -> list[int]:
     """The real n-gram ids (words excluded) of one unpadded text."""
     ids = torch.tensor([seq])
@@ -55,19 +46,12 @@ def ngram_ids(model: BagOfNgramsClassifier, seq: list[int]) -> list[int]:
 @pytest.mark.parametrize("ngrams", [1, 2, 3])
 def test_padding_and_batch_invariance(ngrams: int) -> None:
     model = tiny(ngrams)
-    gen = torch.Generator().manual_seed(1)
-    text = torch.randint(1, VOCAB, (6,), generator=gen)
-    long_a = torch.randint(1, VOCAB, (37,), generator=gen)
-    long_b = torch.randint(1, VOCAB, (25,), generator=gen)
-    width = 37
+    text, long_a, long_b = sample_texts(VOCAB)
+    alone, padded = padding_variants(model, text, long_a, long_b)
     with torch.no_grad():
-        alone = model(text[None], torch.ones(1, 6, dtype=torch.long))[0]
-        right = model(*place([(long_a, 0), (text, 0), (long_b, 0)], width))[1]
-        left = model(*place([(long_a, 0), (long_b, width - 25), (text, width - 6)], width))[2]
-        middle = model(*place([(text, 9), (long_a, 0)], width))[0]
         a_alone = model(long_a[None], torch.ones(1, 37, dtype=torch.long))[0]
-        a_batched = model(*place([(text, 0), (long_a, 0)], width))[1]
-    for got in (right, left, middle):
+        a_batched = model(*place([(text, 0), (long_a, 0)], 37))[1]
+    for got in padded:
         torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
     torch.testing.assert_close(a_batched, a_alone, atol=1e-5, rtol=0)
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers.padding import place
 from helpers.synthetic import SENTENCE_FILLER, write_synthetic
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
@@ -114,16 +115,6 @@ def tiny_model(path: Path, task: str = "multiclass", **cfg: Any) -> PretrainedCl
     )
     assert isinstance(model, PretrainedClassifier)
     return model
-
-
-def place(rows: list[tuple[torch.Tensor, int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Put each (ids, start) row into a (B, width) batch of zeros; the mask marks the ids."""
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for r, (seq, start) in enumerate(rows):
-        ids[r, start : start + len(seq)] = seq
-        mask[r, start : start + len(seq)] = 1
-    return ids, mask
 
 
 # ------------------------------------------------------------------------------------- model
