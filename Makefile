@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck unit clean
+.PHONY: install demo test lint typecheck unit reliability clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: lint typecheck
 
 unit: install
 	$(VENV)/bin/pytest -m "unit"
+
+# the reliability suite alone (make test runs it too); rewrites docs/reliability.md from its results
+reliability: install
+	MODELYARD_RELIABILITY_REPORT=docs/reliability.md $(VENV)/bin/pytest tests/reliability
 
 clean:
 	rm -rf $(VENV) runs models .pytest_cache .mypy_cache .ruff_cache
