@@ -1,6 +1,7 @@
 """Optional API keys: ``Authorization: Bearer KEY``, compared in constant time.
 
-The key file holds one key per line; blank lines and lines starting with ``#`` are ignored. Health
+The key file holds one key per line (UTF-8; a leading byte-order mark, as Windows editors write it,
+is dropped); blank lines and lines starting with ``#`` are ignored. Health
 endpoints stay open so orchestrators can probe the server without a key.
 """
 
@@ -28,9 +29,11 @@ def read_api_keys(path: str | Path) -> list[bytes]:
     """
     p = Path(path)
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        lines = p.read_text(encoding="utf-8-sig").splitlines()
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read API key file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: API key file is not UTF-8 (byte {exc.start})") from None
     keys = [ln.strip().encode() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if not keys:
         raise ConfigError(f"{p}: API key file holds no key")
