@@ -272,7 +272,7 @@ def write_bundle(
 ) -> Bundle:
     """Write a new version of ``manifest.name`` under ``repo``, never touching an old version.
 
-    The files are copied into ``repo/NAME/.tmp-XXXX``, their sizes and sha256 recorded in the
+    The files are copied into ``repo/NAME/.tmp-PID-XXXX``, their sizes and sha256 recorded in the
     manifest, and the directory renamed to the next free version. A rename that loses a race to
     another exporter retries with the following number.
 
@@ -293,7 +293,8 @@ def write_bundle(
             raise BundleError(f"cannot write bundle {manifest.name!r}: {required} not given")
     model_dir = Path(repo) / manifest.name
     model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=model_dir))
+    remove_stale_staging(model_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=_staging_prefix(), dir=model_dir))
     try:
         entries: dict[str, FileEntry] = {}
         for name, source in files.items():
@@ -310,6 +311,47 @@ def write_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _staging_prefix() -> str:
+    # the writer's pid is in the name, so a later writer can tell a dead writer's leftovers
+    # (kill -9 mid-copy) from a live one's staging
+    return f"{_TMP_PREFIX}{os.getpid()}-"
+
+
+def _writer_alive(staging: Path) -> bool:
+    pid_text = staging.name[len(_TMP_PREFIX) :].partition("-")[0]
+    if not pid_text.isascii() or not pid_text.isdigit():
+        return False  # an older layout without a pid: nothing claims it
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # some other user's live process
+    return True
+
+
+def remove_stale_staging(repo: str | Path) -> list[Path]:
+    """Delete the staging directories (``NAME/.tmp-*``) whose writer is no longer running.
+
+    A writer killed mid-copy leaves its staging directory behind; it was never visible as a
+    version. The next write into that model, and the server at start, clean them up.
+
+    Args:
+        repo: the model repository, or one model's directory inside it.
+
+    Returns:
+        The directories removed.
+    """
+    root = Path(repo)
+    candidates = [*root.glob(f"{_TMP_PREFIX}*"), *root.glob(f"*/{_TMP_PREFIX}*")]
+    removed = []
+    for staging in candidates:
+        if staging.is_dir() and not staging.is_symlink() and not _writer_alive(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+            removed.append(staging)
+    return removed
 
 
 def _claim_version(tmp: Path, model_dir: Path, manifest: Manifest) -> Bundle:

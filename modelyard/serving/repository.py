@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelyard.bundle import remove_stale_staging
 from modelyard.serving.batcher import BatchInfo, DynamicBatcher
 from modelyard.serving.discovery import (
     MODEL_NAME,
@@ -172,7 +173,12 @@ class ModelRepository:
 
     # ------------------------------------------------------------------------------ lifecycle
     async def start(self, *, poll: bool = True) -> None:
-        """Load and warm the version to serve of every model, then start polling for changes."""
+        """Load and warm the version to serve of every model, then start polling for changes.
+
+        Staging directories that a killed exporter left behind are removed first.
+        """
+        for staging in remove_stale_staging(self.root):
+            log.info("removed %s, left behind by an interrupted write", staging)
         await self.refresh()
         self.started = True
         if poll:
