@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -106,6 +107,10 @@ class Manifest:
     modelyard_version: str = ""
     created_at: str = ""
     files: dict[str, FileEntry] = field(default_factory=dict)
+    # sha256 over every other field (see manifest_digest): a manifest edited after export no longer
+    # matches it. It guards against edits by hand and damage, not against someone who can
+    # rewrite the digest too (that takes a signature).
+    digest: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as plain JSON-ready data."""
@@ -138,6 +143,10 @@ class Manifest:
             manifest = cls(**body)
         except (KeyError, TypeError, AttributeError) as exc:
             raise BundleError(f"{where}: malformed manifest ({exc})") from None
+        if manifest.digest and manifest.digest != manifest_digest(data):
+            raise BundleError(
+                f"{where}: edited after export (its digest does not match its content)"
+            )
         manifest._check(where)
         return manifest
 
@@ -154,8 +163,19 @@ class Manifest:
             problems.append(f"{len(self.labels)} labels for {self.num_outputs} outputs")
         elif self.task == "binary" and (len(self.labels) != 2 or self.num_outputs != 1):
             problems.append("a binary bundle needs 2 labels and 1 output")
-        if self.postprocess.activation not in set(ACTIVATIONS.values()):
-            problems.append(f"unknown activation {self.postprocess.activation!r}")
+        activation = self.postprocess.activation
+        if self.task in ACTIVATIONS and activation != ACTIVATIONS[self.task]:
+            problems.append(
+                f"activation {activation!r} does not fit task {self.task!r} "
+                f"(expected {ACTIVATIONS[self.task]!r})"
+            )
+        threshold = self.postprocess.threshold
+        if not _is_number(threshold) or not 0.0 < threshold < 1.0:
+            problems.append(f"threshold must be a number between 0 and 1, got {threshold!r}")
+        if not _is_int(self.pad_id) or self.pad_id < 0:
+            problems.append(f"pad_id must be an integer >= 0, got {self.pad_id!r}")
+        if self.max_length is not None and (not _is_int(self.max_length) or self.max_length < 1):
+            problems.append(f"max_length must be a positive integer, got {self.max_length!r}")
         if self.padding_side not in ("left", "right"):
             problems.append(f"padding_side must be left or right, got {self.padding_side!r}")
         for required in (self.model_file, self.tokenizer_file):
@@ -163,6 +183,21 @@ class Manifest:
                 problems.append(f"{required} is not listed in files")
         if problems:
             raise BundleError(f"{where}: " + "; ".join(problems))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def manifest_digest(data: Mapping[str, Any]) -> str:
+    """sha256 of a manifest's fields other than ``digest``, as canonical JSON."""
+    body = {k: v for k, v in data.items() if k != "digest"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -245,6 +280,11 @@ def verify_bundle(
             f"{bundle_dir}: manifest says version {manifest.version}, but the bundle sits in "
             f"directory {bundle_dir.name}"
         )
+    if bundle_dir.name.isdigit() and bundle_dir.parent.name != manifest.name:
+        raise BundleError(
+            f"{bundle_dir}: manifest is for model {manifest.name!r}, but the bundle sits under "
+            f"{bundle_dir.parent.name!r}"
+        )
     if task is not None and manifest.task != task:
         raise BundleError(f"{bundle_dir}: bundle is for task {manifest.task!r}, expected {task!r}")
     for name, entry in manifest.files.items():
@@ -253,6 +293,10 @@ def verify_bundle(
             raise BundleError(f"{bundle_dir}: manifest lists a file outside the bundle: {name}")
         if not file.is_file():
             raise BundleError(f"{file}: missing from the bundle")
+        if not file.resolve().is_relative_to(bundle_dir.resolve()):
+            # a symlink may point within its bundle only: a link out would serve files the
+            # manifest's checksums were never meant to vouch for, and break when moved
+            raise BundleError(f"{file}: a symlink out of the bundle (links may point inside it)")
         size = file.stat().st_size
         if size != entry.size:
             raise BundleError(f"{file}: corrupted (size {size} bytes, manifest says {entry.size})")
@@ -345,13 +389,24 @@ def remove_stale_staging(repo: str | Path) -> list[Path]:
         The directories removed.
     """
     root = Path(repo)
-    candidates = [*root.glob(f"{_TMP_PREFIX}*"), *root.glob(f"*/{_TMP_PREFIX}*")]
     removed = []
-    for staging in candidates:
-        if staging.is_dir() and not staging.is_symlink() and not _writer_alive(staging):
-            shutil.rmtree(staging, ignore_errors=True)
-            removed.append(staging)
+    for child in _subdirs(root):
+        # a model directory holds the staging directories; a staging directory holds none
+        inside = [] if child.name.startswith(_TMP_PREFIX) else _subdirs(child)
+        for staging in [child, *inside]:
+            if staging.name.startswith(_TMP_PREFIX) and not _writer_alive(staging):
+                shutil.rmtree(staging, ignore_errors=True)
+                removed.append(staging)
     return removed
+
+
+def _subdirs(path: Path) -> list[Path]:
+    # other writers rename and remove directories meanwhile: what vanished is skipped
+    try:
+        with os.scandir(path) as entries:
+            return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _claim_version(tmp: Path, model_dir: Path, manifest: Manifest) -> Bundle:
@@ -360,7 +415,8 @@ def _claim_version(tmp: Path, model_dir: Path, manifest: Manifest) -> Bundle:
     with locked(model_dir):
         for _ in range(_MAX_RENAME_TRIES):
             version = next_version(model_dir)
-            manifest = replace(manifest, version=version)
+            manifest = replace(manifest, version=version, digest="")
+            manifest = replace(manifest, digest=manifest_digest(manifest.to_dict()))
             (tmp / MANIFEST_FILE).write_text(
                 json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8"
             )

@@ -141,13 +141,14 @@ def test_corrupted_model_is_a_clear_error(tmp_path: Path) -> None:
 def test_unreadable_graph_with_matching_checksum_is_a_clear_error(tmp_path: Path) -> None:
     # a bundle whose manifest was (wrongly) rewritten to match a broken graph still fails
     # loudly at load time rather than predicting
-    from modelyard.bundle import MANIFEST_FILE, sha256_file
+    from modelyard.bundle import MANIFEST_FILE, manifest_digest, sha256_file
 
     bundle = make_bundle(tmp_path, "binary")
     model = bundle.path / "model.onnx"
     model.write_bytes(b"not an onnx graph")
     data = json.loads((bundle.path / MANIFEST_FILE).read_text())
     data["files"]["model.onnx"] = {"size": model.stat().st_size, "sha256": sha256_file(model)}
+    data["digest"] = manifest_digest(data)
     (bundle.path / MANIFEST_FILE).write_text(json.dumps(data))
     with pytest.raises(BundleError, match="ONNX Runtime cannot load"):
         load(bundle.path)

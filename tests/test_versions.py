@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers.bundles import make_bundle
 
-from modelyard.bundle import resolve_bundle_dir, verify_bundle
+from modelyard.bundle import manifest_digest, resolve_bundle_dir, verify_bundle
 from modelyard.errors import BundleError
 from modelyard.runtime import load
 from modelyard.versions import (
@@ -30,6 +30,7 @@ def _reject(bundle_dir: Path) -> None:
     path = bundle_dir / "manifest.json"
     data = json.loads(path.read_text(encoding="utf-8"))
     data["variant"] = {**data.get("variant", {}), "rejected": "accuracy drop 3.0 points > 1.0"}
+    data["digest"] = manifest_digest(data)  # as compress marks a variant it stages
     path.write_text(json.dumps(data), encoding="utf-8")
 
 
