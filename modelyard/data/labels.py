@@ -202,6 +202,14 @@ class LabelSpace:
             )
         if task == "multilabel" and not classes:
             raise DataError(f"{where}: no labels found in any row")
+        distinct = sorted(set(found))
+        if task in ("binary", "multiclass") and len(distinct) < 2:
+            # configured labels make the class count right; a model trained on one class
+            # still learns nothing but that class
+            raise DataError(
+                f"{where}: every training label is {', '.join(distinct) or '(none)'}; a {task} "
+                "task needs at least 2 classes in the training data"
+            )
         return cls(task=task, labels=classes, delimiter=delimiter)
 
     def encode(

@@ -50,3 +50,21 @@ def test_a_boolean_is_not_a_number(key: str, reliability) -> None:
     reliability.record(
         "input", f"`{key}=true` (a boolean where a number goes)", 1, "refused, naming the key"
     )
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_training_labels_of_one_class_are_refused_even_with_configured_labels(
+    task: str, reliability
+) -> None:
+    from modelyard.data.labels import LabelSpace
+    from modelyard.errors import DataError
+
+    with pytest.raises(DataError, match="every training label is great") as caught:
+        LabelSpace.fit(task, ["great"] * 50, fixed=["great", "other"], path="train.csv")
+    assert "train.csv" in str(caught.value)
+    reliability.record(
+        "input",
+        f"a {task} training file whose labels are all one class, labels configured",
+        1,
+        "refused, naming the file and the one class",
+    )
