@@ -93,6 +93,7 @@ def test_predict_client_errors_are_json(client: TestClient, body: bytes, status:
         ("/v1/models/toy/versions/0/predict", 400),
         ("/v1/models/toy/versions/-1/predict", 400),
         ("/v1/models/toy/versions/%D9%A8/predict", 400),  # an Arabic-Indic 8 is not version 8
+        ("/v1/models/toy/versions/2%0A/predict", 400),  # "2\n" is not version 2
         ("/v1/models/..%2F..%2Fetc/predict", 404),
         ("/v1/nothing-here", 404),
     ],
