@@ -39,8 +39,9 @@ LOCK_FILE = ".aliases.lock"
 MANIFEST_FILE = "manifest.json"
 DEFAULT_ALIAS = "default"
 # an alias is a name, never a number: "3" always means version 3
-ALIAS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
-VERSION_NUMBER = re.compile(r"^[0-9]{1,9}$")  # ASCII digits only: "٨" is not version 8
+ALIAS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}\Z")
+# ASCII digits only ("٨" is not version 8); \Z, not "$", which also matches before a final "\n".
+VERSION_NUMBER = re.compile(r"^[0-9]{1,9}\Z")
 
 VersionRef = int | str  # a version number, or an alias
 

@@ -93,6 +93,7 @@ def test_predict_client_errors_are_json(client: TestClient, body: bytes, status:
         ("/v1/models/toy/versions/0/predict", 400),
         ("/v1/models/toy/versions/-1/predict", 400),
         ("/v1/models/toy/versions/%D9%A8/predict", 400),  # an Arabic-Indic 8 is not version 8
+        ("/v1/models/toy/versions/2%0A/predict", 400),  # "2\n" is not version 2
         ("/v1/models/..%2F..%2Fetc/predict", 404),
         ("/v1/nothing-here", 404),
     ],
@@ -325,6 +326,26 @@ def test_full_queue_is_503_with_retry_after_and_timeout_is_504(tmp_path: Path) -
         gate.set()
         assert 504 in results
         assert c.get("/v2/health/ready").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/models/toy/predict", {"texts": ["a", "b", "c"]}),
+        (
+            "/v2/models/toy/infer",
+            {"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"] * 3}]},
+        ),
+    ],
+)
+def test_request_larger_than_the_whole_queue_is_413_without_retry_after(
+    repo: Path, path: str, body: dict[str, object]
+) -> None:
+    with make_client(repo, max_queue=2) as c:
+        r = c.post(path, json=body)
+    assert r.status_code == 413
+    assert "retry-after" not in r.headers
+    assert "has 3 texts" in r.json()["error"] and "at most 2 texts" in r.json()["error"]
 
 
 def test_inference_failure_is_a_generic_json_500_and_the_log_has_the_traceback(

@@ -16,6 +16,7 @@ from modelyard.serving.batcher import (
     DynamicBatcher,
     QueueFullError,
     RequestTimeoutError,
+    RequestTooLargeError,
 )
 
 pytestmark = pytest.mark.unit
@@ -178,6 +179,19 @@ def test_full_queue_refuses_instead_of_growing() -> None:
         assert b.queued == 4
         gate.set()
         await asyncio.gather(first, *queued)
+        await b.stop()
+
+    run(main)
+
+
+def test_request_larger_than_the_whole_queue_is_too_large_not_full() -> None:
+    async def main() -> None:
+        b: DynamicBatcher[int, int] = DynamicBatcher(Recorder(), max_queue=3)
+        await b.start()
+        with pytest.raises(RequestTooLargeError, match=r"has 4 texts.*at most 3 texts"):
+            await b.submit([1, 2, 3, 4])  # an empty queue: waiting would never make room
+        assert b.queued == 0
+        assert await b.submit([1, 2, 3]) == [2, 4, 6]  # exactly the queue still fits
         await b.stop()
 
     run(main)

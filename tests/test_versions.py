@@ -75,7 +75,7 @@ def test_bad_aliases_and_versions_are_clear_errors(tmp_path: Path) -> None:
         load(model_dir, version="edge")
     with pytest.raises(BundleError, match="no alias 'nope'"):
         remove_alias(model_dir, "nope")
-    for bad in ("٨", "0", "-1", "a/b", ""):
+    for bad in ("٨", "0", "-1", "a/b", "", "8\n", "server\n"):
         with pytest.raises(ValueError, match="positive integer or an alias"):
             parse_ref(bad)
     assert parse_ref("08") == 8 and parse_ref("server") == "server"

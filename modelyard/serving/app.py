@@ -2,7 +2,8 @@
 
 Routes only parse, look up, submit and encode; the batcher and the runtime do the work. Every
 error is a JSON ``{"error": "..."}`` with a 4xx/5xx status: only a request that cannot be parsed
-is a 4xx (a :class:`ProtocolError`, an unknown model or version); overload, a model that failed to
+is a 4xx (a :class:`ProtocolError`, an unknown model or version, a request with more texts than the
+whole queue holds: 413); overload, a model that failed to
 load and a draining version are 503 with Retry-After; a request that waited too long is 504; any
 other failure (one raised inside inference included) is a 500 with a generic message, the
 traceback going to the log only. A client that leaves mid-body gets no answer and is counted as
@@ -36,7 +37,12 @@ from starlette.routing import Route
 from modelyard import __version__
 from modelyard.config import ServeConfig
 from modelyard.serving.auth import APIKeyMiddleware, read_api_keys
-from modelyard.serving.batcher import BatcherClosedError, QueueFullError, RequestTimeoutError
+from modelyard.serving.batcher import (
+    BatcherClosedError,
+    QueueFullError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+)
 from modelyard.serving.inference import Loader, TextResult, default_loader
 from modelyard.serving.prometheus import CONTENT_TYPE, ServerMetrics
 from modelyard.serving.protocol import (
@@ -137,6 +143,8 @@ def _route(state: ServerState, endpoint: str, handler: Handler) -> Callable[...,
         except ModelUnavailableError as exc:
             retry = str(math.ceil(exc.retry_after_s))
             response = _error(503, str(exc), {"Retry-After": retry})
+        except RequestTooLargeError as exc:  # no Retry-After: the same request never fits
+            response = _error(413, str(exc))
         except (QueueFullError, BatcherClosedError) as exc:
             response = _error(503, str(exc), {"Retry-After": RETRY_AFTER_S})
         except RequestTimeoutError as exc:

@@ -34,6 +34,10 @@ class QueueFullError(Exception):
     """The bounded queue has no room for the request; answer 503 with Retry-After."""
 
 
+class RequestTooLargeError(Exception):
+    """The request has more texts than the whole queue holds; retrying cannot help (413)."""
+
+
 class BatcherClosedError(Exception):
     """The batcher is stopping (shutdown or an old model version draining)."""
 
@@ -71,7 +75,8 @@ class DynamicBatcher(Generic[T, R]):
             order. Called with at most ``max_batch_size`` items (a larger request is split).
         max_batch_size: items per batch.
         max_delay_ms: how long a batch may keep collecting while the worker is busy.
-        max_queue: items that may wait; more raises :class:`QueueFullError`.
+        max_queue: items that may wait; more raises :class:`QueueFullError`, and a request
+            larger than the whole queue raises :class:`RequestTooLargeError`.
         name: used for the worker thread's name.
         on_batch: called in the worker thread after every batch, before its requests are
             answered (metrics; must be thread-safe and must not touch the event loop).
@@ -167,7 +172,8 @@ class DynamicBatcher(Generic[T, R]):
             One result per item.
 
         Raises:
-            QueueFullError: no room in the queue. BatcherClosedError: stopping.
+            QueueFullError: no room in the queue. RequestTooLargeError: more items than the whole
+                queue holds. BatcherClosedError: stopping.
             RequestTimeoutError: not answered within ``timeout``. Any exception of the batch.
         """
         if not items:
@@ -220,6 +226,11 @@ class DynamicBatcher(Generic[T, R]):
     ) -> asyncio.Future[Any]:
         self._check_open()
         n = len(items)
+        if n > self.max_queue:  # would never fit, even in an empty queue: not a 503 to retry
+            raise RequestTooLargeError(
+                f"request has {n} texts; the queue of {self.name} holds at most "
+                f"{self.max_queue} texts"
+            )
         if self._queued_items + n > self.max_queue:
             raise QueueFullError(
                 f"queue of {self.name} is full ({self._queued_items} of {self.max_queue} texts)"
