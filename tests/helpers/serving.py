@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,15 +205,21 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m modelyard.serving`` on a free port; waits for /v2/health/ready (bounded)."""
 
-    def __init__(self, repo: Path, *args: str, deadline_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        repo: Path,
+        *args: str,
+        deadline_s: float = 30.0,
+        command: Callable[[int], list[str]] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "modelyard.serving", str(repo), "--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            [*cmd, "--log-level", "warning", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        if command is None:  # the module's own CLI, quiet
+            argv = [sys.executable, "-m", "modelyard.serving", str(repo), "--port", str(self.port)]
+            argv += ["--log-level", "warning", *args]
+        else:  # another way in (``modelyard serve ...``), given the port
+            argv = command(self.port)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.wait_ready(deadline_s)
 
     def wait_ready(self, deadline_s: float) -> None:
