@@ -62,5 +62,8 @@ class ServeConfig(StrictModel):
     # ONNX Runtime threads per model. 1 by default: each model's batcher feeds whole batches to
     # one session, and ORT's spinning pool would compete with the event loop for the cores.
     intra_op_threads: int = Field(1, ge=1)
+    # ONNX Runtime execution provider: cpu; cuda (an error at start when this onnxruntime has
+    # no CUDA, e.g. the CPU wheel: install onnxruntime-gpu); auto (CUDA when present, else CPU)
+    providers: Literal["cpu", "cuda", "auto"] = "cpu"
     # what a request naming no version gets: this alias, else `default` (followed as it moves)
     alias: str | None = Field("server", pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")

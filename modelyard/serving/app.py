@@ -43,7 +43,7 @@ from modelyard.serving.batcher import (
     RequestTimeoutError,
     RequestTooLargeError,
 )
-from modelyard.serving.inference import Loader, TextResult, default_loader
+from modelyard.serving.inference import Loader, TextResult, check_providers, default_loader
 from modelyard.serving.prometheus import CONTENT_TYPE, ServerMetrics
 from modelyard.serving.protocol import (
     BINARY_HEADER,
@@ -347,7 +347,11 @@ def create_app(
     repository = ModelRepository(
         repo,
         loader=loader
-        or functools.partial(default_loader, intra_op_threads=settings.intra_op_threads),
+        or functools.partial(
+            default_loader,
+            intra_op_threads=settings.intra_op_threads,
+            providers=check_providers(settings.providers),
+        ),
         alias=settings.alias,
         max_batch_size=settings.max_batch_size,
         max_delay_ms=settings.max_delay_ms,

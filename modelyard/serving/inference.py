@@ -12,7 +12,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from modelyard.errors import ConfigError
 from modelyard.runtime import load
+from modelyard.runtime.backends import resolve_providers
 
 
 class PredictorLike(Protocol):
@@ -67,11 +69,33 @@ def load_and_warm(loader: Loader, path: Path) -> PredictorLike:
     return predictor
 
 
-def default_loader(path: Path, intra_op_threads: int = 1) -> PredictorLike:
+def default_loader(path: Path, intra_op_threads: int = 1, providers: str = "cpu") -> PredictorLike:
     """Load one version directory with the torch-free runtime.
 
     One ORT intra-op thread by default: each model has one worker thread feeding it whole
     batches, and ORT's own pool spin-waits on the cores the event loop needs to parse HTTP.
+    ``providers`` is ``serve.providers`` (``cpu``, ``cuda``, ``auto``).
     """
-    predictor: PredictorLike = load(path, intra_op_threads=intra_op_threads, inter_op_threads=1)
+    predictor: PredictorLike = load(
+        path, providers=providers, intra_op_threads=intra_op_threads, inter_op_threads=1
+    )
     return predictor
+
+
+def check_providers(providers: str) -> str:
+    """Fail at start, not at the first load, when ``serve.providers`` cannot run here.
+
+    Returns:
+        ``providers``, unchanged.
+
+    Raises:
+        ConfigError: ``cuda`` asked for and this onnxruntime build has no CUDA provider.
+    """
+    try:
+        resolve_providers(providers)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"serve.providers: {providers!r} cannot run here ({exc}); install onnxruntime-gpu "
+            "with CUDA, or use 'cpu' / 'auto'"
+        ) from None
+    return providers
