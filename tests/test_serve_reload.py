@@ -282,3 +282,27 @@ def test_an_alias_url_keeps_answering_while_its_new_version_loads(tmp_path: Path
         pending.result(10)
         assert version_of(c, "/v1/models/toy/versions/server/predict") == 2
         assert version_of(c) == 2
+
+
+def test_a_failed_version_overtaken_then_repaired_is_no_longer_listed_as_failed(
+    tmp_path: Path,
+) -> None:
+    root = toy_repo(tmp_path / "m", {"toy": [1, 2]})
+    marker = root / "toy" / "2" / "broken"
+    marker.write_text("corrupt")
+    tries: list[Path] = []
+    with client_for(root, _failing_loader(lambda p: (p / "broken").exists(), tries)) as c:
+        assert version_of(c) == 1
+        add_toy_version(root, "toy", 3)  # a newer good version takes over
+        refresh(c)
+        assert version_of(c) == 3
+        (entry,) = c.get("/v1/models").json()["models"]
+        assert "2" in entry["failed"] and entry["available"] == [1, 3]
+        marker.unlink()  # repaired in place: its old error no longer describes it
+        refresh(c)
+        (entry,) = c.get("/v1/models").json()["models"]
+        assert "failed" not in entry and entry["available"] == [1, 2, 3]
+        assert [p.name for p in tries].count("2") == 1  # forgotten, not loaded for nothing
+        set_alias(root / "toy", "server", 2)  # and it loads once an alias names it
+        refresh(c)
+        assert version_of(c) == 2

@@ -13,10 +13,13 @@ version and every version an alias names (``/versions/server/infer``), at most
 ``max_loaded_versions`` per model.
 
 A version that fails to load is retried: at once when its files change (a repaired bundle, a
-``cp -a`` that has finished), else with exponential backoff. When the version to serve fails the
-server keeps serving what it served; at startup (or when nothing serves) it falls back, in the
-same pass, to the next candidate: the ``default`` alias's version, then the newest versions. A
-model none of whose versions loads answers 503 with the reason and does not hold the others back.
+``cp -a`` that has finished), else with exponential backoff. It is listed as failed, never as
+available, until it loads; one no longer a candidate (a newer version took over) is not retried,
+but once its files change its failure is forgotten: it is available again, and loaded when an
+alias names it. When the version to serve fails the server keeps serving what it served; at
+startup (or when nothing serves) it falls back, in the same pass, to the next candidate: the
+``default`` alias's version, then the newest versions. A model none of whose versions loads
+answers 503 with the reason and does not hold the others back.
 
 Requests are resolved against the in-memory table only: a model name from a URL never touches
 the filesystem, so it cannot escape the repository directory.
@@ -284,6 +287,12 @@ class ModelRepository:
         keep = self._keep(entry.served, entry.aliases)
         for v in [v for v in entry.versions if v not in keep]:
             self._unload(entry, v)
+        # a failure whose files changed since was not retried in this pass (no longer a
+        # candidate: a newer version took over): repaired, or its copy finished, it is untried
+        # again, listed as available and loaded when an alias names it, not loaded for nothing
+        entry.failed = {
+            v: f for v, f in entry.failed.items() if f.fingerprint == model.versions[v].fingerprint
+        }
         return before != (entry.served, {v: mv.identity for v, mv in entry.versions.items()})
 
     def _keep(self, served: int | None, aliases: dict[str, int]) -> list[int]:
