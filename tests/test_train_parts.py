@@ -173,11 +173,21 @@ def test_schedule_shapes() -> None:
 
 
 # -------------------------------------------------------------------------- grad accumulation
-def _session(accum: int, batch: int, seqs: list[list[int]], y: np.ndarray) -> SimpleNamespace:
+def _session(
+    accum: int,
+    batch: int,
+    seqs: list[list[int]],
+    y: np.ndarray,
+    scale: float | None = None,
+    grad_clip: float | None = None,
+) -> SimpleNamespace:
     torch.manual_seed(0)
     cfg = RNNConfig(kind="gru", embedding_dim=8, hidden_size=16, dropout=0.0)
     model = build_model(cfg, task="binary", vocab_size=20, num_outputs=1, max_length=8)
-    train = TrainConfig(grad_accum_steps=accum, batch_size=batch, optimizer="sgd")
+    train = TrainConfig(
+        grad_accum_steps=accum, batch_size=batch, optimizer="sgd", grad_clip=grad_clip
+    )
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale or 1.0, enabled=scale is not None)
     return SimpleNamespace(
         config=SimpleNamespace(train=train),
         model=model,
@@ -192,6 +202,7 @@ def _session(accum: int, batch: int, seqs: list[list[int]], y: np.ndarray) -> Si
         progress=SimpleNamespace(global_step=0),
         world=World(),  # one process
         ddp=None,
+        scaler=scaler,
     )
 
 
@@ -208,6 +219,30 @@ def test_grad_accumulation_equals_one_big_batch() -> None:
     assert loss_small == pytest.approx(loss_big, rel=1e-5)
     for a, b in zip(small.model.parameters(), big.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_a_loss_scaled_step_equals_the_unscaled_one_clipping_included() -> None:
+    # fp16's GradScaler multiplies the loss by a power of two and divides the gradients back
+    # before clipping and stepping: in fp32 arithmetic that is exact, so the step is the same
+    rng = np.random.default_rng(1)
+    seqs = [list(rng.integers(1, 20, size=rng.integers(2, 8))) for _ in range(8)]
+    y = (rng.random(8) > 0.5).astype(np.float32)
+    idx = np.arange(8)
+    plain = _session(2, 4, seqs, y, grad_clip=0.05)
+    scaled = _session(2, 4, seqs, y, scale=2.0**12, grad_clip=0.05)
+    for session in (plain, scaled):
+        train_step(session, [idx[:4], idx[4:]])  # type: ignore[arg-type]
+    for a, b in zip(plain.model.parameters(), scaled.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
+    assert scaled.scaler.get_scale() == 2.0**12  # no overflow: the scale stays until it grows
+
+
+def test_fp16_needs_cuda() -> None:
+    from modelyard.training.environment import check_precision
+
+    with pytest.raises(ConfigError, match="train.precision fp16 needs a CUDA device"):
+        check_precision("fp16", torch.device("cpu"))
+    check_precision("bf16", torch.device("cpu"))  # a warning at most
 
 
 # -------------------------------------------------------------------------------- callbacks

@@ -68,8 +68,9 @@ class TrainConfig(StrictModel):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:[0-9]+)$")  # auto|cpu|cuda|cuda:N
     # data-parallel runs (--nproc N, torchrun): auto = nccl on CUDA, gloo on CPU
     backend: Literal["auto", "gloo", "nccl"] = "auto"
-    # bf16: training forward passes under autocast (weights, validation and export stay fp32)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # bf16: training forward passes under autocast (weights, validation and export stay fp32);
+    # fp16: the same in float16 with dynamic loss scaling (a GradScaler), on CUDA only
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     num_threads: int | None = Field(None, ge=1)
     tensorboard: bool = False
     progress: bool = True

@@ -127,6 +127,7 @@ def save_checkpoint(session: Session) -> None:
         "model": {k: v.detach().cpu().clone() for k, v in session.model.state_dict().items()},
         "optimizer": session.optimizer.state_dict(),
         "schedule": session.schedule.state_dict(),
+        "scaler": session.scaler.state_dict(),
         "rng": rngs[0],
         "world_size": session.world.size,
         "rank_rng": rngs,  # rank r resumes with rank_rng[r]
@@ -166,6 +167,8 @@ def restore_checkpoint(session: Session) -> None:
             f"{session.paths.state}: checkpoint does not fit the configured model: {exc}"
         ) from exc
     session.schedule.load_state_dict(state["schedule"])
+    if state.get("scaler"):  # fp16 runs; empty for a disabled scaler
+        session.scaler.load_state_dict(state["scaler"])
     session.best.load_state_dict(state["best"])
     if session.early_stopping is not None and state["early_stopping"] is not None:
         session.early_stopping.load_state_dict(state["early_stopping"])

@@ -52,6 +52,21 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     return device
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    """fp16 trains on CUDA only; bf16 on a CPU without native bf16 gets a warning.
+
+    Raises:
+        ConfigError: fp16 on a CPU (oneDNN has no fp16 recurrent kernels, and on this kind of
+            CPU it is emulated: bf16 is the CPU's reduced precision).
+    """
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"train.precision fp16 needs a CUDA device (this run is on {device.type}); "
+            "use bf16 or fp32"
+        )
+    warn_slow_bf16(precision, device)
+
+
 def warn_slow_bf16(precision: str, device: torch.device) -> None:
     """Say so when bf16 autocast on this CPU is emulated (no AVX512-BF16): far slower than fp32."""
     if precision != "bf16" or device.type != "cpu":

@@ -32,6 +32,7 @@ from modelyard.training.optim import current_lr
 from modelyard.training.state import EncodedSplit, Session
 
 log = logging.getLogger("modelyard.training")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # train.precision -> autocast dtype
 
 
 def train_step(session: Session, group: Sequence[np.ndarray]) -> tuple[float, int]:
@@ -51,6 +52,7 @@ def train_step(session: Session, group: Sequence[np.ndarray]) -> tuple[float, in
     model.train()
     session.optimizer.zero_grad(set_to_none=True)
     total = sum(len(idx) for idx in group)
+    dtype = _AUTOCAST.get(cfg.precision)
     loss_sum = 0.0
     length = None if cfg.bucketing else session.max_length
     for k, batch in enumerate(group):
@@ -69,11 +71,10 @@ def train_step(session: Session, group: Sequence[np.ndarray]) -> tuple[float, in
         )
         targets = torch.from_numpy(session.train.targets[idx]).to(device)
         with sync:
-            bf16 = cfg.precision == "bf16"
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 logits = net(ids, mask)
             loss = session.loss_fn(logits.float(), targets)
-            (loss * weight).backward()
+            session.scaler.scale(loss * weight).backward()
         if weight > 0:
             loss_sum += float(loss.detach()) * len(idx)
     (loss_sum,) = all_reduce_sum([loss_sum], world)
@@ -82,9 +83,14 @@ def train_step(session: Session, group: Sequence[np.ndarray]) -> tuple[float, in
             f"training loss became {loss_sum} at step {session.progress.global_step + 1}; "
             "lower train.optimizer.lr or set train.grad_clip"
         )
+    scaler = session.scaler
     if cfg.grad_clip is not None:
+        scaler.unscale_(session.optimizer)  # clip the true gradients, not the scaled ones
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    session.optimizer.step()
+    # fp16: a step whose gradients overflowed is skipped and the scale lowered (the loss itself
+    # is computed in fp32, so the finite check above still holds)
+    scaler.step(session.optimizer)
+    scaler.update()
     session.schedule.after_step()
     return loss_sum, total
 

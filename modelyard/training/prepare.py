@@ -13,6 +13,7 @@ import shutil
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 import yaml
 
 from modelyard.atomic import atomic_path, atomic_write_text
@@ -27,7 +28,7 @@ from modelyard.training.batches import batches_per_epoch
 from modelyard.training.callbacks import BestTracker, EarlyStopping, metric_mode, resolve_monitor
 from modelyard.training.checkpoint import restore_checkpoint
 from modelyard.training.distributed import World, local_rank, on_main, seed_rank, wrap
-from modelyard.training.environment import resolve_device, seed_everything, warn_slow_bf16
+from modelyard.training.environment import check_precision, resolve_device, seed_everything
 from modelyard.training.losses import build_loss
 from modelyard.training.optim import build_optimizer, build_schedule
 from modelyard.training.param_groups import parameter_groups
@@ -161,7 +162,7 @@ def setup(
     tcfg = config.train
     world = world if world is not None else World()
     device = resolve_device(tcfg.device, local_rank(world))
-    warn_slow_bf16(tcfg.precision, device)
+    check_precision(tcfg.precision, device)
     _check_tensorboard(config)
     # everything that can fail on the config or the data fails here, before the run directory
     # is touched: --overwrite never deletes a run for a config that cannot train
@@ -242,6 +243,8 @@ def setup(
         best=best,
         early_stopping=early,
         world=world,
+        # dynamic loss scaling for fp16; disabled, its calls pass straight through
+        scaler=torch.amp.GradScaler(device.type, enabled=tcfg.precision == "fp16"),
     )
     if resume:
         restore_checkpoint(session)

@@ -86,6 +86,10 @@ class Session:
     world: World = field(default_factory=World)  # this process among the data-parallel ranks
     ddp: nn.Module | None = None  # the DDP wrapper of ``model`` that trains, when distributed
     digests: list[str] = field(default_factory=list)  # each rank's final weights (rank 0)
+    # fp16's loss scaler; for fp32 and bf16 a disabled one, whose calls pass through
+    scaler: torch.amp.GradScaler = field(
+        default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False)
+    )
 
 
 def write_run_json(session: Session, status: str) -> None:
