@@ -336,3 +336,47 @@ def test_every_worker_process_gets_the_gc_and_signal_setup(repo: Path) -> None:
     workers = set(re.findall(r"Started server process \[(\d+)\]", log))
     assert len(workers) == 2, log
     assert workers <= tuned and workers <= clean, log
+
+
+def _requests_counted(metrics: str) -> float:
+    # label order differs between the modes: match the labels, not their order
+    found = re.findall(r"^modelyard_requests_total\{([^}]*)\} (\S+)$", metrics, flags=re.M)
+    wanted = {'endpoint="predict"', 'status="200"'}
+    return sum(float(v) for labels, v in found if wanted <= set(labels.split(",")))
+
+
+def test_metrics_count_the_requests_of_every_worker(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the multiprocess directory is the test's, so it can see which workers wrote values
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+    proc = ServerProcess(repo, "--workers", "2")
+    n = 60
+
+    async def main() -> list[str]:
+        # a fresh connection per request, many at once, so the kernel spreads them over workers
+        async def one(text: str) -> int:
+            async with httpx.AsyncClient(base_url=proc.url, timeout=20) as client:
+                reply = await client.post("/v1/models/tiny/predict", json={"texts": [text]})
+                return reply.status_code
+
+        codes = await asyncio.gather(*(one(f"text {i}") for i in range(n)))
+        assert codes == [200] * n
+        scrapes = []
+        for _ in range(6):
+            async with httpx.AsyncClient(base_url=proc.url, timeout=20) as client:
+                scrapes.append((await client.get("/metrics")).text)
+        return scrapes
+
+    try:
+        scrapes = asyncio.run(main())
+        # counters are written by the worker that answered, in files named after its pid
+        answered = {p.stem.split("_")[-1] for p in metrics_dir.glob("counter_*.db")}
+        assert len(answered) == 2, sorted(answered)
+        # whichever worker a scrape reaches, it counts every worker's requests
+        assert [_requests_counted(text) for text in scrapes] == [n] * len(scrapes)
+        assert all("modelyard_models_loaded 1.0" in text for text in scrapes)
+    finally:
+        assert proc.stop() == 0

@@ -240,7 +240,7 @@ def test_a_loss_scaled_step_equals_the_unscaled_one_clipping_included() -> None:
 def test_fp16_needs_cuda() -> None:
     from modelyard.training.environment import check_precision
 
-    with pytest.raises(ConfigError, match="train.precision fp16 needs a CUDA device"):
+    with pytest.raises(ConfigError, match=r"train\.precision fp16 needs a CUDA device"):
         check_precision("fp16", torch.device("cpu"))
     check_precision("bf16", torch.device("cpu"))  # a warning at most
 

@@ -16,6 +16,7 @@ version it also takes an alias (``/v2/models/m/versions/server/infer``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -389,9 +390,12 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await repository.start(poll=poll)
+        refresh = asyncio.create_task(metrics.refresh_forever()) if metrics.multiprocess else None
         try:
             yield
         finally:
+            if refresh is not None:
+                refresh.cancel()
             await repository.stop()
 
     middleware = []

@@ -3,19 +3,32 @@
 Request counters carry model, version and status (499: the client left before its answer); the
 histograms carry the model; failed loads are counted per model version. Queue depth and
 the number of loaded versions are read live at scrape time, so they never drift.
+
+With ``--workers N`` every worker is a process of its own, and a scrape reaches one of them.
+:func:`~modelyard.serving.server.serve` then sets ``PROMETHEUS_MULTIPROC_DIR`` before the
+workers start, prometheus-client's multiprocess mode keeps every worker's values in files
+there, and ``/metrics`` in any worker answers for all of them: counters and histograms summed,
+requests in flight and queue depth summed over live workers, loaded versions the most any worker
+has. In that mode the two live gauges are copied from each worker every second
+(:meth:`ServerMetrics.refresh_forever`), so a scrape may be that much behind on them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from modelyard.serving.batcher import BatchInfo
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variable
+_REFRESH_S = 1.0
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -46,6 +59,7 @@ class ServerMetrics:
     """
 
     def __init__(self, live: Callable[[], tuple[dict[str, int], int]]) -> None:
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_ENV))
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "modelyard_requests",
@@ -86,6 +100,7 @@ class ServerMetrics:
             "Requests received and not yet answered, by endpoint",
             ["endpoint"],
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.load_failures = Counter(
             "modelyard_model_load_failures",
@@ -93,7 +108,23 @@ class ServerMetrics:
             ["model", "version"],
             registry=self.registry,
         )
-        self.registry.register(_LiveGauges(live))
+        self._live = live
+        if self.multiprocess:  # copied into gauges that every worker writes to its own file
+            self.queue_depth = Gauge(
+                "modelyard_queue_depth",
+                "Texts waiting in the model's queue",
+                ["model"],
+                registry=self.registry,
+                multiprocess_mode="livesum",
+            )
+            self.models_loaded = Gauge(
+                "modelyard_models_loaded",
+                "Model versions loaded and serving",
+                registry=self.registry,
+                multiprocess_mode="livemax",
+            )
+        else:
+            self.registry.register(_LiveGauges(live))
         # labels() takes a lock and a dict lookup; cache the children on the hot path
         self._request_children: dict[tuple[str, str, str, str], Counter] = {}
         self._latency_children: dict[tuple[str, str], Histogram] = {}
@@ -137,6 +168,27 @@ class ServerMetrics:
         for seconds in info.queue_s:
             queue_time.observe(seconds)
 
+    def refresh_live(self) -> None:
+        """Multiprocess mode: copy this worker's queue depth and loaded versions to its gauges."""
+        if not self.multiprocess:
+            return
+        depth, loaded = self._live()
+        for model, n in depth.items():
+            self.queue_depth.labels(model).set(n)
+        self.models_loaded.set(loaded)
+
+    async def refresh_forever(self) -> None:
+        """Multiprocess mode: :meth:`refresh_live` every second, on the event loop (where the
+        repository changes), until cancelled."""
+        while True:
+            self.refresh_live()
+            await asyncio.sleep(_REFRESH_S)
+
     def render(self) -> bytes:
-        """The text exposition format."""
-        return generate_latest(self.registry)
+        """The text exposition format: this process's metrics, or every worker's."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        self.refresh_live()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)

@@ -13,15 +13,18 @@ factory in ``log_config``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from modelyard.errors import ConfigError
 from modelyard.logs import setup_logging
 from modelyard.serving.app import create_app
 from modelyard.serving.auth import read_api_keys
+from modelyard.serving.prometheus import MULTIPROCESS_ENV
 
 _ENV = "MODELYARD_SERVE_ARGS"
 log = logging.getLogger("modelyard.serving")
@@ -72,14 +76,32 @@ def serve(
     if settings.workers > 1:
         # Worker processes import the app by name; hand them the settings through the env.
         os.environ[_ENV] = json.dumps({"repo": str(root), "settings": settings.model_dump()})
-        uvicorn.run(
-            "modelyard.serving.server:app_from_env",
-            factory=True,
-            workers=settings.workers,
-            **common,
-        )
+        with _multiprocess_metrics():
+            uvicorn.run(
+                "modelyard.serving.server:app_from_env",
+                factory=True,
+                workers=settings.workers,
+                **common,
+            )
     else:
         uvicorn.run(create_app(str(root), settings), **common)
+
+
+@contextlib.contextmanager
+def _multiprocess_metrics() -> Iterator[None]:
+    # Every worker writes its metrics to files in one directory, so /metrics in any of them
+    # counts all (prometheus-client's multiprocess mode). The workers read the variable when
+    # they import prometheus_client, after this; a directory the user set is theirs to keep.
+    if os.environ.get(MULTIPROCESS_ENV):
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="modelyard-metrics-")
+    os.environ[MULTIPROCESS_ENV] = path
+    try:
+        yield
+    finally:
+        del os.environ[MULTIPROCESS_ENV]
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _log_config(log_level: str) -> dict[str, Any]:
