@@ -23,6 +23,7 @@ import ray
 from helpers.serving import build_real_bundle, free_port
 from ray import serve
 
+from modelyard.cli import main
 from modelyard.config import ServeConfig
 from modelyard.errors import ConfigError
 from modelyard.runtime import load
@@ -66,6 +67,16 @@ def test_replicas_and_autoscaling_bounds_come_from_the_settings() -> None:
     assert bounds["target_ongoing_requests"] == 16
     with pytest.raises(ConfigError, match=r"max_replicas \(1\) is less than replicas \(2\)"):
         ServeConfig.from_settings({"replicas": 2, "max_replicas": 1})
+
+
+def test_cli_refuses_max_replicas_below_replicas(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["serve", str(repo), "--ray", "--replicas", "2", "--max-replicas", "1"]
+    assert main(argv) == 2
+    assert "max_replicas (1) is less than replicas (2)" in capsys.readouterr().err
+    assert main(["serve", str(repo), "--ray", "--workers", "2"]) == 2
+    assert "use --replicas N" in capsys.readouterr().err
 
 
 def test_build_app_takes_serve_run_arguments(repo: Path) -> None:

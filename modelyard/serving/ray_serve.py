@@ -155,7 +155,7 @@ def application(repo: str | Path, settings: ServeConfig | None = None) -> Applic
     return deployment.bind(str(root), settings.model_dump())
 
 
-def build_app(args: dict[str, str]) -> Application:
+def build_app(args: dict[str, Any]) -> Application:
     """Application builder for Ray's CLI: ``serve run modelyard.serving.ray_serve:build_app``.
 
     Args:
