@@ -254,21 +254,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from modelyard.config import ServeConfig, load_config
 
     settings = load_config(args.config).serve if args.config else ServeConfig()
-    overrides = {
-        "host": args.host,
-        "port": args.port,
-        "max_batch_size": args.max_batch_size,
-        "max_delay_ms": args.max_delay_ms,
-        "max_queue": args.max_queue,
-        "timeout_s": args.timeout_s,
-        "workers": args.workers,
-        "api_key_file": args.api_key_file,
-        "alias": args.alias,
-    }
-    data = settings.model_dump()
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    settings = ServeConfig.model_validate(data)
+    flags: tuple[str, ...] = ("host", "port", "max_batch_size", "max_delay_ms", "max_queue")
+    flags += ("timeout_s", "workers", "api_key_file", "alias", "replicas", "max_replicas")
+    overrides = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
+    settings = ServeConfig.from_settings({**settings.model_dump(), **overrides})
+    if args.ray:  # the same app as Ray Serve replicas
+        from modelyard.serving.ray_serve import serve_on_ray
 
+        serve_on_ray(args.repo, settings, log_level=args.log_level)
+        return 0
     from modelyard.serving import serve
 
     serve(args.repo, settings)
@@ -419,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int)
     p.add_argument("--api-key-file")
     p.add_argument("--alias", help="serve each model's version this alias names (default: server)")
+    p.add_argument(
+        "--ray", action="store_true", help="serve as Ray Serve replicas (modelyard[ray])"
+    )
+    p.add_argument("--replicas", type=int, help="with --ray: this many replicas (default 1)")
+    p.add_argument("--max-replicas", type=int, help="with --ray: autoscale up to this many")
     p.set_defaults(func=cmd_serve)
     return parser
 

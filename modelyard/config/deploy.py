@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from modelyard.config.base import StrictModel
+from modelyard.errors import ConfigError
 
 QUANTIZE_MODES: tuple[str, ...] = ("int8-dynamic", "int8-static", "fp16")
 
@@ -67,3 +70,32 @@ class ServeConfig(StrictModel):
     providers: Literal["cpu", "cuda", "auto"] = "cpu"
     # what a request naming no version gets: this alias, else `default` (followed as it moves)
     alias: str | None = Field("server", pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+    # Ray Serve (`serve --ray`): this many replicas, autoscaled up to max_replicas when higher
+    replicas: int = Field(1, ge=1)
+    max_replicas: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> ServeConfig:
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise PydanticCustomError(
+                "replica_bounds",
+                "max_replicas ({m}) is less than replicas ({n})",
+                {"m": self.max_replicas, "n": self.replicas},
+            )
+        return self
+
+    @classmethod
+    def from_settings(cls, data: Mapping[str, Any], where: str = "serve") -> ServeConfig:
+        """Validate settings from flags or ``key=value`` arguments (strings are converted).
+
+        Raises:
+            ConfigError: one line naming every bad setting.
+        """
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            bad = [
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+                for e in exc.errors()
+            ]
+            raise ConfigError(f"{where}: " + "; ".join(bad)) from None
