@@ -256,6 +256,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_config(args.config).serve if args.config else ServeConfig()
     flags: tuple[str, ...] = ("host", "port", "max_batch_size", "max_delay_ms", "max_queue")
     flags += ("timeout_s", "workers", "api_key_file", "alias", "replicas", "max_replicas")
+    flags += ("providers",)
     overrides = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
     settings = ServeConfig.from_settings({**settings.model_dump(), **overrides})
     if args.ray:  # the same app as Ray Serve replicas
@@ -413,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int)
     p.add_argument("--api-key-file")
     p.add_argument("--alias", help="serve each model's version this alias names (default: server)")
+    p.add_argument(
+        "--providers", choices=["cpu", "cuda", "auto"], help="ONNX Runtime (default cpu)"
+    )
     p.add_argument(
         "--ray", action="store_true", help="serve as Ray Serve replicas (modelyard[ray])"
     )

@@ -46,3 +46,20 @@ def test_cuda_without_cuda_fails_at_start_naming_the_setting(tmp_path: Path) -> 
 def test_an_unknown_provider_names_the_choices() -> None:
     with pytest.raises(ValueError, match="'cpu', 'cuda' or 'auto'"):
         ServeConfig(providers="tpu")  # type: ignore[arg-type]
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has CUDA: the error cannot happen")
+def test_the_cli_says_cuda_cannot_run_here(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    modelyard = str(Path(sys.executable).with_name("modelyard"))
+    done = subprocess.run(
+        [modelyard, "serve", str(tmp_path), "--providers", "cuda"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith("error: serve.providers: 'cuda'")
