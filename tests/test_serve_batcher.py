@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -261,6 +262,36 @@ def test_expired_and_cancelled_requests_give_their_queue_places_back_at_once() -
 
     run(main)
     assert fn.sizes == [1, 2, 2, 1, 1]  # the expired and cancelled texts never reached it
+
+
+def test_a_timed_out_or_failed_request_leaves_no_reference_cycle_behind() -> None:
+    # The server raises the GC thresholds (and freezes the heap), so a request that ends in a
+    # cycle lives on, with its texts, until a rare full collection: it must be freed at once.
+    gate = threading.Event()
+    fn = Recorder(gate, fail_on=-1)
+
+    async def main() -> int:
+        b: DynamicBatcher[int, int] = DynamicBatcher(fn, max_delay_ms=60_000)
+        await b.start()
+        first = asyncio.ensure_future(b.submit([0]))
+        await wait_started(fn)
+        gc.collect()
+        gc.disable()
+        try:
+            for i in range(20):
+                with pytest.raises(RequestTimeoutError):
+                    await b.submit([i], timeout=0.001)
+            gate.set()
+            await first
+            for _ in range(20):
+                with pytest.raises(RuntimeError, match="boom"):
+                    await b.submit([-1])
+            return gc.collect()
+        finally:
+            gc.enable()
+            await b.stop()
+
+    assert run(main) == 0
 
 
 def test_stop_drains_queued_requests_then_refuses_new_ones() -> None:

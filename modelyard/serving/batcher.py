@@ -361,6 +361,7 @@ class DynamicBatcher(Generic[T, R]):
         started = time.perf_counter()
         answers: list[tuple[bool, Any]] | None = None
         error: BaseException | None = None
+        pending: _Pending[R] | None = None
         inference_s = 0.0
         try:
             items: list[T] = [item for pending in batch for item in pending.items]
@@ -393,6 +394,10 @@ class DynamicBatcher(Generic[T, R]):
                 self._on_batch(BatchInfo(size, len(batch), queue_s, inference_s, error is None))
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
             loop.call_soon_threadsafe(self._complete, batch, answers, error, done)
+        # A failure's traceback holds this frame (and, through f_back, the executor's, which
+        # holds the batch): drop what would lead back to the futures that hold the failure,
+        # so no reference cycle keeps the batch's requests alive until a full collection.
+        pending = answers = error = None
 
     def _complete(
         self,
@@ -414,6 +419,7 @@ class DynamicBatcher(Generic[T, R]):
                         else:
                             future.set_exception(value)
         finally:
+            batch.clear()  # the worker's frames hold this list: see the end of ``_work``
             self._in_flight -= 1
             self._wakeup.set()
             self._batch_done.discard(done)

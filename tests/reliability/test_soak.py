@@ -159,7 +159,6 @@ def test_soak_at_capacity_then_three_times_it_holds_memory_and_answers(
     assert code == 0
 
     total = warm.total + capacity.total + statuses.total()
-    print(f"soak: capacity {capacity.statuses}, 3x {statuses}, rss {rss_base:.0f} {rss}, {dropped} dropped, connections {at_capacity}/{overload}")
     reliability.record(
         "load",
         f"a real server, long texts ({TEXTS} x {CHARS} chars), {TIMEOUT_S:g} s timeout: "
@@ -167,6 +166,7 @@ def test_soak_at_capacity_then_three_times_it_holds_memory_and_answers(
         total,
         f"all JSON; at capacity {capacity.statuses[200]}/{capacity.total} answered; under 3x "
         f"{statuses[200]} answered, {statuses[504]} 504 with Retry-After, no 503 below the "
-        f"queue bound, no other status ({dropped} connections dropped); RSS {rss_base:.0f} MB after warm-up, "
-        f"+{growth:.1f} MB over {ROUNDS} rounds (bound {RSS_GROWTH_BOUND_MB:g}); ready after",
+        f"queue bound, no other status ({dropped} connections dropped); RSS {rss_base:.0f} MB "
+        f"after warm-up, +{growth:.1f} MB over {ROUNDS} rounds "
+        f"(bound {RSS_GROWTH_BOUND_MB:g}); ready and answering after",
     )
