@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -215,6 +216,82 @@ def test_timed_out_request_gets_an_error_and_is_dropped_from_the_queue() -> None
 
     run(main)
     assert fn.sizes == [1, 1]  # the timed-out 7 never reached the function
+
+
+def test_expired_and_cancelled_requests_give_their_queue_places_back_at_once() -> None:
+    gate = threading.Event()
+    fn = Recorder(gate)
+
+    async def main() -> None:
+        b: DynamicBatcher[int, int] = DynamicBatcher(
+            fn, max_batch_size=2, max_queue=4, max_delay_ms=60_000
+        )
+        await b.start()
+        first = asyncio.ensure_future(b.submit([0]))  # held in the worker by the gate
+        await wait_started(fn)
+        second = asyncio.ensure_future(b.submit([1, 2]))  # dispatched, waits for the worker
+        for _ in range(3):
+            await asyncio.sleep(0)
+        # one in the batch that collects while both workers' places are taken, one queued
+        collecting = asyncio.ensure_future(b.submit([3, 4], timeout=0.2))
+        queued = asyncio.ensure_future(b.submit([5, 6], timeout=0.2))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert b.queued == 4
+        for expired in (collecting, queued):
+            with pytest.raises(RequestTimeoutError):
+                await expired
+        assert b.queued == 0  # not only once the collector meets them again
+        fits = asyncio.ensure_future(b.submit([7, 8, 9]))
+        cancelled = asyncio.ensure_future(b.submit([11]))
+        await asyncio.sleep(0)
+        assert b.queued == 4  # the whole queue again
+        with pytest.raises(QueueFullError):
+            await b.submit([12])
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert b.queued == 3
+        more = asyncio.ensure_future(b.submit([12]))
+        gate.set()
+        out = await asyncio.gather(first, second, fits, more)
+        assert out == [[0], [2, 4], [14, 16, 18], [24]]
+        assert b.queued == 0  # never counted back twice when the collector skips them
+        await b.stop()
+        assert b.queued == 0
+
+    run(main)
+    assert fn.sizes == [1, 2, 2, 1, 1]  # the expired and cancelled texts never reached it
+
+
+def test_a_timed_out_or_failed_request_leaves_no_reference_cycle_behind() -> None:
+    # The server raises the GC thresholds (and freezes the heap), so a request that ends in a
+    # cycle lives on, with its texts, until a rare full collection: it must be freed at once.
+    gate = threading.Event()
+    fn = Recorder(gate, fail_on=-1)
+
+    async def main() -> int:
+        b: DynamicBatcher[int, int] = DynamicBatcher(fn, max_delay_ms=60_000)
+        await b.start()
+        first = asyncio.ensure_future(b.submit([0]))
+        await wait_started(fn)
+        gc.collect()
+        gc.disable()
+        try:
+            for i in range(20):
+                with pytest.raises(RequestTimeoutError):
+                    await b.submit([i], timeout=0.001)
+            gate.set()
+            await first
+            for _ in range(20):
+                with pytest.raises(RuntimeError, match="boom"):
+                    await b.submit([-1])
+            return gc.collect()
+        finally:
+            gc.enable()
+            await b.stop()
+
+    assert run(main) == 0
 
 
 def test_stop_drains_queued_requests_then_refuses_new_ones() -> None:

@@ -4,7 +4,7 @@ Routes only parse, look up, submit and encode; the batcher and the runtime do th
 error is a JSON ``{"error": "..."}`` with a 4xx/5xx status: only a request that cannot be parsed
 is a 4xx (a :class:`ProtocolError`, an unknown model or version, a request with more texts than the
 whole queue holds: 413); overload, a model that failed to
-load and a draining version are 503 with Retry-After; a request that waited too long is 504; any
+load and a draining version are 503 and a request that waited too long is 504, with Retry-After; any
 other failure (one raised inside inference included) is a 500 with a generic message, the
 traceback going to the log only. A client that leaves mid-body gets no answer and is counted as
 status 499.
@@ -148,8 +148,8 @@ def _route(state: ServerState, endpoint: str, handler: Handler) -> Callable[...,
             response = _error(413, str(exc))
         except (QueueFullError, BatcherClosedError) as exc:
             response = _error(503, str(exc), {"Retry-After": RETRY_AFTER_S})
-        except RequestTimeoutError as exc:
-            response = _error(504, f"request timed out: {exc}")
+        except RequestTimeoutError as exc:  # waited out its time in a busy queue: back off too
+            response = _error(504, f"request timed out: {exc}", {"Retry-After": RETRY_AFTER_S})
         except ClientDisconnect:  # nobody to answer; not a server error
             response = _error(CLIENT_CLOSED, "client disconnected")
         except Exception:  # a bug or an inference failure: the log has the traceback

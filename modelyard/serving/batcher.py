@@ -8,7 +8,8 @@ contributes five items, and a batch closes at ``max_batch_size`` items.
 When the worker is idle a lone request is sent at once; while the worker is busy the next batch
 keeps collecting for up to ``max_delay_ms`` (and then waits its turn, still growing until full).
 The queue is bounded in items, so overload is answered (``QueueFullError``) instead of growing
-memory without end.
+memory without end. A request that times out or is cancelled before its batch is dispatched gives
+its places back at once (and lets go of its texts), so the bound counts only live demand.
 """
 
 from __future__ import annotations
@@ -65,6 +66,15 @@ class _Pending(Generic[R]):
     # its return value is the request's answer. ``None``: the answer is the list of results.
     finish: Callable[[list[R]], Any] | None = None
     enqueued: float = field(default_factory=time.perf_counter)
+    # Places it holds in the bounded queue: its items until its batch is dispatched, or until
+    # it expires or is cancelled first (then 0, counted back exactly once: see ``_release``).
+    slots: int = 0
+
+
+# What an expired request's future is resolved with. A marker, not an exception: a future that
+# holds an exception holds its traceback and so every frame of the request (its body and texts)
+# for as long as the future lives, and a queued future lives until the collector meets it.
+_EXPIRED = object()
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -135,7 +145,8 @@ class DynamicBatcher(Generic[T, R]):
         if not drain:
             self._abandon = True
             _fail(list(self._queue), BatcherClosedError(f"{self.name} is stopping"))
-            self._queued_items -= sum(len(pending.items) for pending in self._queue)
+            for pending in self._queue:
+                self._release(pending)
             self._queue.clear()
         self._wakeup.set()
         if self._collector is not None:
@@ -179,16 +190,7 @@ class DynamicBatcher(Generic[T, R]):
         if not items:
             self._check_open()
             return []
-        future = self._enqueue(items, None)
-        if timeout is None:
-            return cast("list[R]", await future)
-        # call_later is much cheaper than asyncio.wait_for; an expired future is skipped by the
-        # collector, so a timed-out request never takes a place in a batch.
-        handle = future.get_loop().call_later(timeout, _expire, future, timeout)
-        try:
-            return cast("list[R]", await future)
-        finally:
-            handle.cancel()
+        return cast("list[R]", await self._wait_answer(self._enqueue(items, None), timeout))
 
     async def submit_with(
         self,
@@ -208,22 +210,32 @@ class DynamicBatcher(Generic[T, R]):
         if not items:
             self._check_open()
             return finish([])
-        future = self._enqueue(items, finish)
-        if timeout is None:
-            return cast(S, await future)
-        handle = future.get_loop().call_later(timeout, _expire, future, timeout)
+        return cast(S, await self._wait_answer(self._enqueue(items, finish), timeout))
+
+    async def _wait_answer(self, pending: _Pending[R], timeout: float | None) -> Any:
+        """Wait for one request's answer; whatever ends the wait, give its queue places back."""
+        future = pending.future
+        # call_later is much cheaper than asyncio.wait_for; an expired future is skipped by the
+        # collector, so a timed-out request never takes a place in a batch.
+        handle = None if timeout is None else future.get_loop().call_later(timeout, _expire, future)
         try:
-            return cast(S, await future)
+            answer = await future
         finally:
-            handle.cancel()
+            if handle is not None:
+                handle.cancel()
+            self._release(pending)  # expired or cancelled while queued: its places now
+            # A failed future holds its exception, whose traceback holds this frame: without the
+            # future here that is no reference cycle, freed at once, not by a rare full collection.
+            del future, pending
+        if answer is _EXPIRED:
+            raise RequestTimeoutError(f"no answer within {timeout:g} s")
+        return answer
 
     def _check_open(self) -> None:
         if self._closing or self._collector is None:
             raise BatcherClosedError(f"{self.name} is not accepting requests")
 
-    def _enqueue(
-        self, items: Sequence[T], finish: Callable[[list[R]], Any] | None
-    ) -> asyncio.Future[Any]:
+    def _enqueue(self, items: Sequence[T], finish: Callable[[list[R]], Any] | None) -> _Pending[R]:
         self._check_open()
         n = len(items)
         if n > self.max_queue:  # would never fit, even in an empty queue: not a 503 to retry
@@ -236,11 +248,20 @@ class DynamicBatcher(Generic[T, R]):
                 f"queue of {self.name} is full ({self._queued_items} of {self.max_queue} texts)"
             )
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(items, future, finish))
+        pending = _Pending(items, future, finish, slots=n)
+        self._queue.append(pending)
         self._queued_items += n
         if self._want_any or self._queued_items >= self.max_batch_size:
             self._wakeup.set()
-        return future
+        return pending
+
+    def _release(self, pending: _Pending[R]) -> None:
+        """Give back the queue places ``pending`` holds (once: a second call does nothing)."""
+        if pending.slots:
+            self._queued_items -= pending.slots
+            pending.slots = 0
+            if pending.future.done():  # not dispatched and never will be: drop its texts now
+                pending.items, pending.finish = (), None
 
     # ----------------------------------------------------------------------------- collector
     def _take(self, batch: list[_Pending[R]], size: int) -> int:
@@ -250,7 +271,7 @@ class DynamicBatcher(Generic[T, R]):
             n = len(pending.items)
             if pending.future.done():  # timed out or cancelled while queued
                 self._queue.popleft()
-                self._queued_items -= n
+                self._release(pending)
                 continue
             # A request larger than a whole batch goes alone (and is split in the worker).
             if size + n > self.max_batch_size and size > 0:
@@ -301,8 +322,10 @@ class DynamicBatcher(Generic[T, R]):
                 await self._wait(remaining if slot_free else None)
             while self._in_flight >= _MAX_IN_FLIGHT:
                 await self._wait(None)
-            # Waiting items count against max_queue until their batch is dispatched.
-            self._queued_items -= size
+            # Waiting items count against max_queue until their batch is dispatched (an expired
+            # or cancelled one has given its places back already).
+            for pending in batch:
+                self._release(pending)
             # Requests that timed out (or whose client left) while the batch collected are dropped.
             batch = [pending for pending in batch if not pending.future.done()]
             if self._abandon:
@@ -338,6 +361,7 @@ class DynamicBatcher(Generic[T, R]):
         started = time.perf_counter()
         answers: list[tuple[bool, Any]] | None = None
         error: BaseException | None = None
+        pending: _Pending[R] | None = None
         inference_s = 0.0
         try:
             items: list[T] = [item for pending in batch for item in pending.items]
@@ -370,6 +394,10 @@ class DynamicBatcher(Generic[T, R]):
                 self._on_batch(BatchInfo(size, len(batch), queue_s, inference_s, error is None))
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
             loop.call_soon_threadsafe(self._complete, batch, answers, error, done)
+        # A failure's traceback holds this frame (and, through f_back, the executor's, which
+        # holds the batch): drop what would lead back to the futures that hold the failure,
+        # so no reference cycle keeps the batch's requests alive until a full collection.
+        pending = answers = error = None
 
     def _complete(
         self,
@@ -391,6 +419,7 @@ class DynamicBatcher(Generic[T, R]):
                         else:
                             future.set_exception(value)
         finally:
+            batch.clear()  # the worker's frames hold this list: see the end of ``_work``
             self._in_flight -= 1
             self._wakeup.set()
             self._batch_done.discard(done)
@@ -411,6 +440,6 @@ def _fail(batch: list[_Pending[Any]], exc: BaseException) -> None:
             pending.future.set_exception(exc)
 
 
-def _expire(future: asyncio.Future[Any], timeout: float) -> None:
+def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
-        future.set_exception(RequestTimeoutError(f"no answer within {timeout:g} s"))
+        future.set_result(_EXPIRED)

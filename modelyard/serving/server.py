@@ -142,6 +142,9 @@ def _tune_gc() -> None:
     # Every request allocates a few hundred short-lived objects; with the default thresholds the
     # collector runs every few requests and now and then walks every module and model object
     # (tens of ms: the p99). Freeze what is loaded so far and collect young objects less often.
+    # This holds only while a request leaves no reference cycle: at these thresholds an old
+    # cycle waits for a full collection, which under load is rare and when idle never comes (the
+    # batcher sees to it that a timed-out, cancelled or failed request leaves none).
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
