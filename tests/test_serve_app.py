@@ -300,7 +300,9 @@ def test_full_queue_is_503_with_retry_after_and_timeout_is_504(tmp_path: Path) -
     root = toy_repo(tmp_path / "m", {"slow": [1]})
     app = create_app(
         str(root),
-        ServeConfig(max_queue=2, timeout_s=0.3),
+        # long enough that the probe below meets the queued requests still waiting: a request
+        # that timed out gives its places back at once, so the queue would be free again
+        ServeConfig(max_queue=2, timeout_s=2.0),
         loader=lambda p: ToyPredictor("slow", 1, gate=gate),
         poll=False,
     )
