@@ -104,6 +104,30 @@ def remove_stale_staging(repo: str | Path) -> list[Path]:
     return removed
 
 
+def remove_temp_files(directory: str | Path) -> list[Path]:
+    """Delete the temporary files atomic writes leave when killed (``.NAME.XXXX.tmp``, see
+    :func:`modelyard.atomic.atomic_path`) directly in ``directory``.
+
+    Only for a directory whose one writer is the caller (a run directory being resumed): the
+    names carry no pid, so a live writer's file cannot be told apart.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    try:
+        with os.scandir(directory) as entries:
+            found = [Path(e.path) for e in entries if e.is_file(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for path in found:
+        if path.name.startswith(".") and path.name.endswith(".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            removed.append(path)
+    return removed
+
+
 def _remove_dead_in(directory: Path) -> list[Path]:
     removed = []
     for staging in _subdirs(directory):
