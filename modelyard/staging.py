@@ -52,12 +52,20 @@ def staging_dir(parent: str | Path) -> Iterator[Path]:
     root = Path(parent).absolute()
     created = [p for p in [root, *root.parents] if not p.exists()]
     path = make_staging_dir(root)
-    previous = tempfile.tempdir
+    previous, environ = tempfile.tempdir, dict(os.environ)
     tempfile.tempdir = str(path)
     try:
         yield path
     finally:
         tempfile.tempdir = previous
+        # a library that noted a path in here in the environment (torch sets its inductor
+        # cache directory once) must neither recreate it once removed nor pass it to children
+        for key, value in list(os.environ.items()):
+            if environ.get(key) != value and Path(value).is_relative_to(path):
+                if key in environ:
+                    os.environ[key] = environ[key]
+                else:
+                    del os.environ[key]
         shutil.rmtree(path, ignore_errors=True)
         for made in created:  # deepest first; one that holds something stays
             with contextlib.suppress(OSError):
