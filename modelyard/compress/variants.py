@@ -26,7 +26,6 @@ from tokenizers import Tokenizer
 
 from modelyard.bundle import Bundle
 from modelyard.compress.clip import ClipReport, ClipSpec, clip_weights, parse_clip
-from modelyard.compress.pruned import pruned_base
 from modelyard.compress.quantize import QUANTIZERS, CalibrationData, check_modes, preprocess
 from modelyard.compress.sources import EvalData, Source, calibration_data, eval_data, open_source
 from modelyard.compress.staging import (
@@ -140,6 +139,8 @@ def compress(
     with staging_dir(settings.repo / manifest.name) as work:
         bases = [Base("", src.reference.path / manifest.model_file, src.reference.version)]
         if prune is not None and src.run is not None:
+            from modelyard.compress.pruned import pruned_base  # torch: only pruning needs it
+
             base, measured = pruned_base(
                 src, prune, prune_kind, finetune_epochs, evaluation, settings, work
             )

@@ -169,7 +169,7 @@ def test_killed_export_and_compress_leave_nothing_half_written_and_nothing_behin
 
     # compress: killed right after a seeded random file-system step; about 30 in a whole run
     args = ["compress", str(model_dir), *COMPRESS]
-    kills = sorted(random.Random(10).sample(range(1, 28), 3))
+    kills = sorted(random.Random(10).sample(range(1, 24), 3))
     staged = 0
     for step in kills:
         _modelyard(args, tmpdir, log, kill_after=step)
