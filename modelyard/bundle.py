@@ -17,7 +17,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ from typing import Any, Literal
 
 from modelyard.config import TASKS
 from modelyard.errors import BundleError
+from modelyard.staging import make_staging_dir, remove_stale_staging
 from modelyard.versions import (
     MANIFEST_FILE,
     VersionRef,
@@ -42,7 +42,6 @@ ACTIVATIONS: dict[str, str] = {
     "multilabel": "sigmoid",
     "regression": "identity",
 }
-_TMP_PREFIX = ".tmp-"
 PaddingSide = Literal["left", "right"]
 _MAX_RENAME_TRIES = 100
 
@@ -338,7 +337,7 @@ def write_bundle(
     model_dir = Path(repo) / manifest.name
     model_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(model_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=_staging_prefix(), dir=model_dir))
+    tmp = make_staging_dir(model_dir)
     try:
         entries: dict[str, FileEntry] = {}
         for name, source in files.items():
@@ -355,58 +354,6 @@ def write_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _staging_prefix() -> str:
-    # the writer's pid is in the name, so a later writer can tell a dead writer's leftovers
-    # (kill -9 mid-copy) from a live one's staging
-    return f"{_TMP_PREFIX}{os.getpid()}-"
-
-
-def _writer_alive(staging: Path) -> bool:
-    pid_text = staging.name[len(_TMP_PREFIX) :].partition("-")[0]
-    if not pid_text.isascii() or not pid_text.isdigit():
-        return False  # an older layout without a pid: nothing claims it
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # some other user's live process
-    return True
-
-
-def remove_stale_staging(repo: str | Path) -> list[Path]:
-    """Delete the staging directories (``NAME/.tmp-*``) whose writer is no longer running.
-
-    A writer killed mid-copy leaves its staging directory behind; it was never visible as a
-    version. The next write into that model, and the server at start, clean them up.
-
-    Args:
-        repo: the model repository, or one model's directory inside it.
-
-    Returns:
-        The directories removed.
-    """
-    root = Path(repo)
-    removed = []
-    for child in _subdirs(root):
-        # a model directory holds the staging directories; a staging directory holds none
-        inside = [] if child.name.startswith(_TMP_PREFIX) else _subdirs(child)
-        for staging in [child, *inside]:
-            if staging.name.startswith(_TMP_PREFIX) and not _writer_alive(staging):
-                shutil.rmtree(staging, ignore_errors=True)
-                removed.append(staging)
-    return removed
-
-
-def _subdirs(path: Path) -> list[Path]:
-    # other writers rename and remove directories meanwhile: what vanished is skipped
-    try:
-        with os.scandir(path) as entries:
-            return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def _claim_version(tmp: Path, model_dir: Path, manifest: Manifest) -> Bundle:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +25,7 @@ from modelyard.choice import Choice, choose
 from modelyard.errors import ModelyardError
 from modelyard.measure import LabelledTexts, Measurement, format_test_score, measure_bundle
 from modelyard.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC, finite_or_none
+from modelyard.staging import staging_dir
 
 if TYPE_CHECKING:
     from modelyard.config import Config
@@ -237,7 +237,8 @@ def _tflite_variants(
     for mode in [None, *(q for q in config.compress.quantize if q in TFLITE_QUANTIZERS)]:
         label = f"tflite-{mode or 'fp32'}"
         log.info("run %s: exporting %s", config.name, label)
-        with tempfile.TemporaryDirectory(prefix="modelyard-stage-") as staging:
+        # staged in a repository of its own inside the model's directory, never served
+        with staging_dir(Path(config.export.repo) / config.name) as staging:
             try:
                 staged = export_tflite(run, repo=staging, quantize=mode)
             except ImportError as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -151,7 +153,7 @@ def test_wrong_field_count(tmp_path: Path) -> None:
 def test_wrong_encoding_names_file_line_and_byte(tmp_path: Path) -> None:
     f = write(tmp_path / "latin.csv", "text,label\nfine,a\ncaf\u00e9 au lait,b\n", "latin-1")
     with pytest.raises(
-        DataError, match=r"latin\.csv:3: cannot decode byte e9 at byte offset 21 as utf-8"
+        DataError, match=r"latin\.csv:3: not UTF-8 text: byte 0xe9 at byte offset 21 "
     ) as err:
         read_table(f)
     assert "data.encoding" in str(err.value)
@@ -197,6 +199,72 @@ def test_every_row_bad_raises_even_when_skipping(tmp_path: Path) -> None:
     f = write(tmp_path / "d.csv", "text,label\n,x\n  ,y\n")
     with pytest.raises(DataError, match=r"d\.csv: every row is bad \(2\); the first: .*d\.csv:2"):
         read_table(f, skip_bad_rows=True)
+
+
+# ----------------------------------------------------------------------------------- not text
+def _one_short_line(message: str, path: Path) -> bool:
+    # the file named once, then at most a short sentence: no line break, nothing unprintable
+    return message.isprintable() and len(message) - len(str(path)) <= 160
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".txt"])
+def test_a_random_binary_file_is_one_short_line(tmp_path: Path, suffix: str) -> None:
+    rng = random.Random(7)
+    for size in (64, 5000, 100_000):
+        f = tmp_path / f"blob{size}{suffix}"
+        f.write_bytes(rng.randbytes(size))
+        with pytest.raises(DataError) as err:
+            read_table(f, label=None)
+        message = str(err.value)
+        where = re.escape(str(f))
+        assert re.match(rf"{where}:\d+: not UTF-8 text: .* at byte offset \d+", message), message
+        assert _one_short_line(message, f), message
+
+
+def test_binary_without_nul_bytes_read_as_csv_is_not_text(tmp_path: Path) -> None:
+    # 7-bit junk decodes as UTF-8 and as Latin-1; its control bytes give it away
+    rng = random.Random(3)
+    f = tmp_path / "junk.csv"
+    f.write_bytes(bytes(rng.randrange(1, 128) for _ in range(20_000)))
+    for encoding, name in (("utf-8", "UTF-8"), ("latin-1", "latin-1")):
+        with pytest.raises(DataError, match=rf"junk\.csv:1: not {name} text: control byte 0x") as e:
+            read_table(f, encoding=encoding)
+        assert _one_short_line(str(e.value), f), str(e.value)
+
+
+def test_a_nul_byte_later_in_the_file_names_its_line(tmp_path: Path) -> None:
+    f = tmp_path / "nul.csv"
+    f.write_bytes(b"text,label\nfine,a\nbro\x00ken,b\n")
+    with pytest.raises(
+        DataError, match=r"nul\.csv:3: not UTF-8 text: a NUL byte at byte offset 21"
+    ):
+        read_table(f)
+
+
+def test_a_long_header_or_key_list_is_a_short_quoted_excerpt(tmp_path: Path) -> None:
+    header = ",".join(f"column_{i}" for i in range(500))
+    f = write(tmp_path / "wide.csv", header + "\n" + ",".join(["x"] * 500) + "\n")
+    with pytest.raises(DataError) as err:
+        read_table(f)
+    assert re.fullmatch(
+        rf"{re.escape(str(f))}:1: no text column 'text'; columns found: "
+        r'"column_0, column_1, [^"]*\.\.\." \(500 columns\)',
+        str(err.value),
+    ), str(err.value)
+    assert _one_short_line(str(err.value), f)
+    keys = {f"key_{i}": i for i in range(300)}
+    g = write(tmp_path / "wide.jsonl", json.dumps(keys) + "\n")
+    with pytest.raises(DataError, match=r'keys found: "key_0, key_1, .*\.\.\." \(300 keys\)') as e:
+        read_table(g, label=None)
+    assert _one_short_line(str(e.value), g)
+
+
+def test_a_header_of_quoted_line_breaks_is_not_a_long_line(tmp_path: Path) -> None:
+    # an opening quote swallows the lines after it into one column name
+    f = write(tmp_path / "q.csv", '"' + "word " * 2000 + "\nmore\n")
+    with pytest.raises(DataError, match=r"q\.csv:1: no text column 'text'") as err:
+        read_table(f)
+    assert _one_short_line(str(err.value), f), str(err.value)
 
 
 # ------------------------------------------------------------------------------- iter_records

@@ -23,7 +23,6 @@ import contextlib
 import logging
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import numpy as np
 import onnx
 
 from modelyard.errors import BundleError, ConfigError
+from modelyard.staging import staging_dir
 
 log = logging.getLogger("modelyard.compress")
 
@@ -130,9 +130,10 @@ def preprocess(source: Path, target: Path) -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     source, target = source.resolve(), target.resolve()
-    with quiet_ort(), tempfile.TemporaryDirectory(prefix="modelyard-prep-") as scratch:
+    # scratch beside the output (inside compress's own staging directory when it runs there)
+    with quiet_ort(), staging_dir(target.parent) as scratch:
         try:
-            with _working_directory(Path(scratch)):
+            with _working_directory(scratch):
                 quant_pre_process(str(source), str(target))
         except Exception:  # symbolic shape inference raises many types; retry without it
             try:

@@ -18,7 +18,6 @@ from modelyard.compress.quantize import CalibrationData
 from modelyard.config import Config, validate_config
 from modelyard.data import LabelSpace, load_splits, read_table
 from modelyard.errors import BundleError, ConfigError, DataError
-from modelyard.exporters import export
 from modelyard.measure import LabelledTexts
 from modelyard.runs import Run, is_run_dir
 from modelyard.tokenize import encode
@@ -127,6 +126,8 @@ def run_reference(run: Run, repo: Path) -> Bundle:
             log.info("compress: reusing the fp32 export %s", model_dir / str(version))
             return verify_bundle(model_dir, version)
     log.info("compress: exporting %s to fp32 ONNX", run.dir)
+    from modelyard.exporters import export  # torch: only a run needs it, not a bundle
+
     return export(run, repo=repo)
 
 

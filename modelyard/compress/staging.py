@@ -4,7 +4,6 @@ its measurements (and whether it was rejected) in its manifest."""
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import modelyard
 from modelyard.bundle import Manifest, now_iso, write_bundle
 from modelyard.compress.sources import EvalData, Source
 from modelyard.measure import Measurement, measure_bundle
+from modelyard.staging import staging_dir
 
 log = logging.getLogger("modelyard.compress")
 
@@ -107,7 +107,8 @@ def write_variant(
         manifest.model_file: graph,
         manifest.tokenizer_file: ref.path / manifest.tokenizer_file,
     }
-    with tempfile.TemporaryDirectory(prefix="modelyard-stage-") as staging:
+    # a repository of its own inside the model's directory (not a version, never served)
+    with staging_dir(settings.repo / manifest.name) as staging:
         staged = write_bundle(staging, manifest, files)
         m = measure_variant(
             staged.path,

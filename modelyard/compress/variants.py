@@ -8,13 +8,14 @@ variants can be built: clipping and quantization.
 Each variant becomes its own bundle version whose manifest records what was done (``variant``:
 name, pruning, clip, quantization, the measurements, and whether it was rejected). Before it is
 written, the variant is staged as a bundle in a temporary repository and measured through the
-runtime on the test texts, so its manifest carries its own test metrics.
+runtime on the test texts, so its manifest carries its own test metrics. All scratch space lives
+in the model's own directory (:mod:`modelyard.staging`), so a killed compress leaves nothing in
+the system temp directory, and the next write removes what it left.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,6 @@ from tokenizers import Tokenizer
 
 from modelyard.bundle import Bundle
 from modelyard.compress.clip import ClipReport, ClipSpec, clip_weights, parse_clip
-from modelyard.compress.pruned import pruned_base
 from modelyard.compress.quantize import QUANTIZERS, CalibrationData, check_modes, preprocess
 from modelyard.compress.sources import EvalData, Source, calibration_data, eval_data, open_source
 from modelyard.compress.staging import (
@@ -38,6 +38,7 @@ from modelyard.compress.staging import (
 from modelyard.errors import BundleError, ConfigError
 from modelyard.measure import Measurement
 from modelyard.runtime.backends import ONNXBackend
+from modelyard.staging import staging_dir
 from modelyard.tokenize import encode, pad_batch
 
 log = logging.getLogger("modelyard.compress")
@@ -134,10 +135,12 @@ def compress(
     calibration = None
     if "int8-static" in modes:
         calibration = calibration_data(src, evaluation, calibration_texts)
-    with tempfile.TemporaryDirectory(prefix="modelyard-compress-") as tmp:
-        work = Path(tmp)
+    # scratch inside the model's directory: what a kill -9 leaves, the next write removes
+    with staging_dir(settings.repo / manifest.name) as work:
         bases = [Base("", src.reference.path / manifest.model_file, src.reference.version)]
         if prune is not None and src.run is not None:
+            from modelyard.compress.pruned import pruned_base  # torch: only pruning needs it
+
             base, measured = pruned_base(
                 src, prune, prune_kind, finetune_epochs, evaluation, settings, work
             )

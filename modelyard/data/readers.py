@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelyard.data.sniff import binary_error, decode_error, listing
 from modelyard.errors import DataError
 
 FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "parquet", "txt")
@@ -226,13 +227,19 @@ def _check_source(
         codecs.lookup(encoding)
     except LookupError:
         raise DataError(f"{path}: unknown encoding '{encoding}'") from None
+    try:
+        not_text = binary_error(path, encoding)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
+    if not_text is not None:
+        raise not_text
     if fmt in ("csv", "tsv"):
         with _open_text(path, encoding) as f:
             reader = csv.reader(f, delimiter="\t" if fmt == "tsv" else ",")
             try:
                 header = next(reader, None)
             except UnicodeDecodeError as exc:
-                raise _decode_error(path, encoding, exc) from None
+                raise decode_error(path, encoding, exc) from None
             except csv.Error as exc:
                 raise DataError(f"{path}:1: cannot read the header row: {exc}") from None
         _check_header(path, header, text, label)
@@ -244,7 +251,7 @@ def _check_header(path: str | Path, header: list[str] | None, text: str, label: 
     for role, name in (("text", text), ("label", label)):
         if name is not None and name not in header:
             raise DataError(
-                f"{path}:1: no {role} column '{name}'; columns found: {', '.join(header)}"
+                f"{path}:1: no {role} column '{name}'; columns found: {listing(header)}"
             )
 
 
@@ -254,26 +261,6 @@ def _open_text(path: str | Path, encoding: str) -> Any:
     enc = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
     # newline="" so the csv module sees quoted line breaks as written
     return open(path, encoding=enc, newline="")
-
-
-def _decode_error(path: str | Path, encoding: str, exc: UnicodeDecodeError) -> DataError:
-    """Name the line and byte offset of the first byte that does not decode."""
-    where = f"{path}"
-    detail = ""
-    try:
-        raw = Path(path).read_bytes()
-        raw.decode(encoding)
-    except UnicodeDecodeError as full:
-        line = raw.count(b"\n", 0, full.start) + 1
-        bad = raw[full.start : full.end]
-        where = f"{path}:{line}"
-        detail = f" byte {bad.hex(' ')} at byte offset {full.start}"
-    except OSError:
-        pass
-    return DataError(
-        f"{where}: cannot decode{detail} as {encoding} ({exc.reason}); "
-        "set the file's encoding (data.encoding, e.g. latin-1 or cp1252)"
-    )
 
 
 def _rows(
@@ -291,7 +278,7 @@ def _rows(
         else:
             yield from _txt_rows(path, encoding)
     except UnicodeDecodeError as exc:
-        raise _decode_error(path, encoding, exc) from None
+        raise decode_error(path, encoding, exc) from None
 
 
 def _text_problem(value: Any) -> str | None:
@@ -364,7 +351,7 @@ def _jsonl_rows(
                 yield BadRow(
                     name,
                     number,
-                    f"no key '{missing[0]}'; keys found: {', '.join(map(str, obj)) or '(none)'}",
+                    f"no key '{missing[0]}'; keys found: {listing(list(map(str, obj)), 'keys')}",
                 )
                 continue
             problem = _text_problem(obj[text])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from modelyard.exporters.parity import ParityReport, example_batch, parity_seque
 from modelyard.logs import quiet_logger
 from modelyard.runs import Run, recorded_test_metrics
 from modelyard.runtime.backends import ONNXBackend
+from modelyard.staging import staging_dir
 from modelyard.tokenize import pad_batch
 from modelyard.training import load_model
 
@@ -58,8 +58,13 @@ def export_onnx(
     config = run.config
     model = load_model(run, which)
     tok = RunTokenizer.of(run)
-    with tempfile.TemporaryDirectory(prefix="modelyard-export-") as tmp:
-        graph = Path(tmp) / "model.onnx"
+    repo = Path(repo if repo is not None else config.export.repo)
+    # scratch inside the model's directory: what a kill -9 leaves, the next write removes
+    with staging_dir(repo / (name or config.name)) as tmp:
+        # a folder of its own: the graph must be alone in it (check_graph), and the exporter's
+        # temporary files (torch's caches) go to the staging directory too
+        graph = tmp / "graph" / "model.onnx"
+        graph.parent.mkdir()
         parity = export_checked_graph(model, run, tok, graph, what="ONNX export")
         manifest = run_manifest(
             run,
@@ -75,11 +80,7 @@ def export_onnx(
             metrics=recorded_test_metrics(run),
             parity={**parity_record(parity), "compared": "raw outputs, torch vs onnxruntime (CPU)"},
         )
-        return write_bundle(
-            repo if repo is not None else config.export.repo,
-            manifest,
-            {"model.onnx": graph, "tokenizer.json": tok.path},
-        )
+        return write_bundle(repo, manifest, {"model.onnx": graph, "tokenizer.json": tok.path})
 
 
 def export_checked_graph(

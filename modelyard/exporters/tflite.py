@@ -21,7 +21,6 @@ and, for int8, the accuracy on the run's test (else validation) data must not dr
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -39,6 +38,7 @@ from modelyard.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC, compute_metrics
 from modelyard.runs import Run, recorded_test_metrics
 from modelyard.runtime.litert import LiteRTBackend
 from modelyard.runtime.predictor import Predictor
+from modelyard.staging import staging_dir
 from modelyard.tokenize import encode, pad_batch
 from modelyard.training import load_model, predict_texts
 
@@ -112,8 +112,10 @@ def export_tflite(
     seqs = parity_sequences(run, tok.tokenizer, tok.vocab_size, tok.max_length)
     atol = config.export.parity_atol if quantize is None else INT8_ATOL
     variant_name = f"tflite-{quantize or 'fp32'}"
-    with tempfile.TemporaryDirectory(prefix="modelyard-tflite-") as tmp:
-        path = Path(tmp) / MODEL_FILE
+    repo = Path(repo if repo is not None else config.export.repo)
+    # scratch inside the model's directory: what a kill -9 leaves, the next write removes
+    with staging_dir(repo / (name or config.name)) as tmp:
+        path = tmp / MODEL_FILE
         seconds = convert(model, path, batch_size=batch_size, max_length=tok.max_length)
         if quantize is not None:
             TFLITE_QUANTIZERS[quantize](path)
@@ -161,7 +163,7 @@ def export_tflite(
             },
             metrics=None,
         )
-        predictor = Predictor(Path(tmp), manifest, backend, tok.tokenizer)
+        predictor = Predictor(tmp, manifest, backend, tok.tokenizer)
         accuracy, measured = check_accuracy(run, model, predictor)
         if quantize is not None and accuracy is not None and not accuracy.ok:
             raise BundleError(
@@ -188,11 +190,7 @@ def export_tflite(
                 "convert_seconds": round(seconds, 1),
             },
         )
-        return write_bundle(
-            repo if repo is not None else config.export.repo,
-            manifest,
-            {MODEL_FILE: path, "tokenizer.json": tok.path},
-        )
+        return write_bundle(repo, manifest, {MODEL_FILE: path, "tokenizer.json": tok.path})
 
 
 def check_litert_parity(

@@ -23,6 +23,7 @@ from modelyard.errors import ConfigError, RunError
 from modelyard.metrics import compute_metrics
 from modelyard.models import build_model
 from modelyard.runs import RunPaths
+from modelyard.staging import remove_temp_files
 from modelyard.tokenize import build_tokenizer, encode, load_tokenizer, tokenizer_info
 from modelyard.training.batches import batches_per_epoch
 from modelyard.training.callbacks import BestTracker, EarlyStopping, metric_mode, resolve_monitor
@@ -58,6 +59,11 @@ def prepare_run_dir(paths: RunPaths, *, resume: bool, overwrite: bool) -> None:
                 f"{paths.dir}: no checkpoint to resume from ({paths.state} is missing); "
                 "start it again without --resume"
             )
+        # a run killed mid-write (kill -9) left its half-written temporary files; the renamed
+        # files beside them are whole, and this process is the run's one writer now
+        for directory in (paths.dir, paths.checkpoints):
+            for path in remove_temp_files(directory):
+                log.info("removed %s, left by an interrupted write", path)
         return
     if paths.dir.exists() and any(paths.dir.iterdir()):
         if not looks_like_a_run(paths):

@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "config",
             "logs",
             "atomic",
+            "staging",
             "metrics",
             "plots",
             "bundle",
