@@ -79,20 +79,13 @@ def is_staging(path: str | Path) -> bool:
 
 def writer_alive(staging: str | Path) -> bool:
     """Whether the process named in a staging directory's name is still running."""
-    pid_text = Path(staging).name[len(STAGING_PREFIX) :].partition("-")[0]
-    if not pid_text.isascii() or not pid_text.isdigit():
-        return False  # an older layout without a pid: nothing claims it
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # some other user's live process
-    return True
+    # an older layout without a pid: nothing claims it
+    return _pid_alive(Path(staging).name[len(STAGING_PREFIX) :].partition("-")[0])
 
 
 def remove_stale_staging(repo: str | Path) -> list[Path]:
-    """Delete the staging directories (``.tmp-*`` and ``NAME/.tmp-*``) whose writer is gone.
+    """Delete the staging directories (``.tmp-*`` and ``NAME/.tmp-*``) and the temporary files
+    of atomic writes (an ``aliases.json`` being replaced) whose writer is gone.
 
     A writer killed mid-write leaves its staging directory behind; it was never visible as a
     version. The next write into that model, and the server at start, clean them up.
@@ -101,23 +94,23 @@ def remove_stale_staging(repo: str | Path) -> list[Path]:
         repo: the model repository, or one model's directory inside it.
 
     Returns:
-        The directories removed.
+        The directories and files removed.
     """
     root = Path(repo)
-    removed = _remove_dead_in(root)
+    removed = _remove_dead_in(root) + remove_temp_files(root)
     for child in _subdirs(root):
         # a model directory holds the staging directories; a staging directory holds none
         if not is_staging(child):
-            removed += _remove_dead_in(child)
+            removed += _remove_dead_in(child) + remove_temp_files(child)
     return removed
 
 
 def remove_temp_files(directory: str | Path) -> list[Path]:
-    """Delete the temporary files atomic writes leave when killed (``.NAME.XXXX.tmp``, see
-    :func:`modelyard.atomic.atomic_path`) directly in ``directory``.
+    """Delete the temporary files atomic writes leave when killed (``.NAME.PID.XXXX.tmp``, see
+    :func:`modelyard.atomic.atomic_path`) directly in ``directory``, when their writer is gone.
 
-    Only for a directory whose one writer is the caller (a run directory being resumed): the
-    names carry no pid, so a live writer's file cannot be told apart.
+    A file of a live writer (its pid is running) is a write in progress and stays; one without
+    a pid (written before the pid was in the name) is claimed by nobody and goes.
 
     Returns:
         The files removed.
@@ -129,11 +122,33 @@ def remove_temp_files(directory: str | Path) -> list[Path]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     for path in found:
-        if path.name.startswith(".") and path.name.endswith(".tmp"):
+        if (
+            path.name.startswith(".")
+            and path.name.endswith(".tmp")
+            and not _temp_writer_alive(path)
+        ):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             removed.append(path)
     return removed
+
+
+def _temp_writer_alive(path: Path) -> bool:
+    # .NAME.PID.XXXX.tmp: the pid is the second field from the end (mkstemp's XXXX has no dot)
+    fields = path.name[: -len(".tmp")].rsplit(".", 2)
+    return len(fields) == 3 and _pid_alive(fields[1])
+
+
+def _pid_alive(pid_text: str) -> bool:
+    if not pid_text.isascii() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # some other user's live process
+    return True
 
 
 def _remove_dead_in(directory: Path) -> list[Path]:

@@ -37,9 +37,15 @@ def test_a_staging_dir_is_removed_on_error_and_keeps_what_was_there(tmp_path: Pa
     assert sorted(p.name for p in model_dir.iterdir()) == ["1"]
 
 
+def _dead_pid() -> str:
+    # a process that has exited: its pid is (for the test's few seconds) nobody's
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return done.stdout.strip()
+
+
 def test_dead_writers_staging_is_removed_at_both_levels(tmp_path: Path) -> None:
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    dead = _dead_pid()
     repo = tmp_path / "models"
     stale = [repo / f".tmp-{dead}-a", repo / "m" / f".tmp-{dead}-b"]
     live = repo / "m" / f".tmp-{os.getpid()}-c"
@@ -57,3 +63,25 @@ def test_temp_files_of_atomic_writes_are_removed(tmp_path: Path) -> None:
         (tmp_path / name).write_text("x")
     assert remove_temp_files(tmp_path) == [tmp_path / ".last.state.pt.ab12cd.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+
+
+def test_temp_files_of_a_live_writer_stay_and_a_dead_ones_go(tmp_path: Path) -> None:
+    dead = _dead_pid()
+    model = tmp_path / "m"
+    model.mkdir()
+    gone = [model / f".aliases.json.{dead}.x1y2.tmp", tmp_path / ".index.json.ab.tmp"]
+    kept = [model / f".aliases.json.{os.getpid()}.z3.tmp", model / "aliases.json"]
+    for path in gone + kept:
+        path.write_text("{}")
+    assert sorted(remove_stale_staging(tmp_path)) == sorted(gone)
+    assert all(path.is_file() for path in kept)
+
+
+def test_an_atomic_write_names_its_temp_file_after_its_pid(tmp_path: Path) -> None:
+    from modelyard.atomic import atomic_path
+
+    with atomic_path(tmp_path / "aliases.json") as tmp:
+        assert tmp.name.startswith(f".aliases.json.{os.getpid()}.") and tmp.name.endswith(".tmp")
+        assert remove_stale_staging(tmp_path) == []  # a write in progress is left alone
+        tmp.write_text("{}")
+    assert (tmp_path / "aliases.json").read_text() == "{}"
