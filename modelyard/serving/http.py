@@ -6,8 +6,9 @@ size, and holds a connection whose head or body never arrives for as long as the
 handling and adds, per connection:
 
 - every protocol error answered with the JSON ``{"error": "..."}`` the routes use: 400 for a
-  request that does not parse (request line, header, ``Content-Length``, chunk size), 501 for an
-  unknown method;
+  request that does not parse (request line, header, ``Content-Length``, chunk size, an HTTP
+  version other than 1.x), 405 for a method no route takes (a 4xx: every such answer is the
+  client's mistake, none a server error);
 - a request head over ``max_header_bytes`` is a 431;
 - a head that is not complete ``header_timeout_s`` after the connection (or, on a kept-alive one,
   its first byte) is a 408, and so is a body not complete ``body_timeout_s`` after its head; a
@@ -78,7 +79,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self._refuse(
                 503,
                 f"too many connections (at most {self.limits.max_connections}); retry later",
-                retry_after=True,
+                b"retry-after: %d\r\n" % RETRY_AFTER_S,
             )
             return
         self._arm(self.limits.header_timeout_s)
@@ -96,8 +97,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserInvalidMethodError:
-            if _METHOD.match(data):  # a well-formed method this server does not know
-                self._refuse(501, "unknown HTTP method")
+            if _METHOD.match(data):  # a well-formed method no route takes
+                # 405, not 501: the client's mistake, not a server error to page anyone about
+                self._refuse(405, "unknown HTTP method", b"allow: GET, HEAD, POST\r\n")
             else:
                 self._refuse(
                     400, "invalid HTTP request: the request line is not METHOD PATH HTTP/1.1"
@@ -111,7 +113,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             return
         except httptools.HttpParserError as exc:
             if data.startswith(b"PRI * HTTP/2") or str(exc) == "Invalid HTTP version":
-                self._refuse(505, "HTTP version not supported; this server speaks HTTP/1.1")
+                self._refuse(400, "HTTP version not supported; this server speaks HTTP/1.1")
             else:
                 self._refuse(400, f"invalid HTTP request: {exc}")
             return
@@ -168,7 +170,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             what = f"request body not received within {self.limits.body_timeout_s:g} s"
         self._refuse(408, what)
 
-    def _refuse(self, status: int, message: str, *, retry_after: bool = False) -> None:
+    def _refuse(self, status: int, message: str, extra_headers: bytes = b"") -> None:
         """Answer ``status`` with a JSON error, then close gently (see the module docstring)."""
         log.info("%s: HTTP %d, %s", _peer(self.client), status, message)
         self._refused = True
@@ -192,7 +194,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         head += [
             b"content-type: application/json\r\n",
             b"content-length: %d\r\n" % len(body),
-            b"retry-after: %d\r\n" % RETRY_AFTER_S if retry_after else b"",
+            extra_headers,
             b"connection: close\r\n\r\n",
             body,
         ]
