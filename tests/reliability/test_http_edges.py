@@ -117,6 +117,7 @@ def test_an_upgrade_request_is_answered_as_plain_http(server: ServerProcess) -> 
         (PREDICT, b'{"texts": ["\xed\xa0\x80"]}', 12),  # an encoded surrogate
         (INFER, b'{"inputs": [{"name": "text", "data": ["\xff"]}]}', 39),
     ],
+    ids=["latin-1 byte", "encoded surrogate", "v2 0xff byte"],
 )
 def test_invalid_utf8_names_the_byte(
     server: ServerProcess, start: bytes, body: bytes, offset: int, reliability
@@ -220,6 +221,6 @@ def test_connections_beyond_the_cap_get_a_503_and_the_server_recovers(
         "load",
         f"{CAP} idle connections (the cap), then {extra} more, each sending a request",
         CAP + extra,
-        f"all {extra} got 503 JSON with Retry-After ({refused_s / extra * 1000:.0f} ms each); "
+        f"all {extra} got 503 JSON with Retry-After ({refused_s / extra * 1000:.1f} ms each); "
         f"the idle ones closed after {TIMEOUT_S:g} s; the server then answered 200",
     )
