@@ -108,8 +108,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         except httptools.HttpParserCallbackError as exc:
             # a callback refused the request; the cause (a request target that is not a URL,
             # say) is its context
-            why = "invalid request target" if _bad_url(exc) else "invalid HTTP request"
-            self._refuse(400, why)
+            if _bad_url(exc):
+                self._refuse(400, "invalid request target")
+            else:  # not the client's doing as far as we know: keep the cause for the log
+                log.warning("HTTP parser callback failed", exc_info=exc.__context__ or exc)
+                self._refuse(400, "invalid HTTP request")
             return
         except httptools.HttpParserError as exc:
             if data.startswith(b"PRI * HTTP/2") or str(exc) == "Invalid HTTP version":
@@ -175,13 +178,15 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         log.info("%s: HTTP %d, %s", _peer(self.client), status, message)
         self._refused = True
         self._disarm()
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete and self._in_head:
-            # The previous request's answer is still being written: end after it, say nothing.
-            cycle.keep_alive = False
-            self.flow.pause_reading()
-            return
-        if self.pipeline or (cycle is not None and cycle.response_started):
+        cycle = self.cycle  # in a head, the previous request's; in a body, this one's
+        if self._in_head:
+            if cycle is not None and not cycle.response_complete:
+                # The previous request's answer is still to be written: end after it, silently.
+                cycle.keep_alive = False
+                self.flow.pause_reading()
+                return
+            cycle = None
+        elif self.pipeline or (cycle is not None and cycle.response_started):
             self.transport.close()  # an answer is on the wire already: nothing more can be said
             return
         if cycle is not None:  # the app waits for a body that will not come

@@ -8,6 +8,7 @@ server answers as soon as they are gone.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import time
@@ -186,6 +187,34 @@ def test_a_head_or_body_that_does_not_arrive_is_a_408(
         1,
         f"408 JSON after {r.elapsed_s:.2f} s (head and body timeouts {TIMEOUT_S:g} s), closed",
     )
+
+
+SECOND = {
+    "half a head": (b"GET /v2 HTTP/1.1\r\nHost", 408),
+    "a bad chunk size": (PREDICT + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    "a 1 MB header": (b"GET /v2 HTTP/1.1\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n", 431),
+    "an unknown method": (b"BREW /v2 HTTP/1.1\r\nHost: t\r\n\r\n", 405),
+}
+
+
+@pytest.mark.parametrize("case", list(SECOND))
+def test_a_kept_alive_connection_answers_a_bad_later_request_in_json(
+    tight: ServerProcess, case: str
+) -> None:
+    raw, status = SECOND[case]
+    keep = b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n"
+    with connect(tight.port, TIMEOUT_S + SLACK_S + 1) as sock:
+        for _ in range(3):  # answered one after another, each within the timeouts
+            sock.sendall(keep)
+            assert read_response(sock, time.monotonic()).status == 200
+            time.sleep(TIMEOUT_S / 2)
+        t0 = time.monotonic()
+        with contextlib.suppress(OSError):
+            sock.sendall(raw)
+        r = read_response(sock, t0, TIMEOUT_S + SLACK_S)
+    assert r.status == status and r.json_error is not None and r.closed, r
+    if status == 408:
+        assert TIMEOUT_S - 0.2 < r.elapsed_s < TIMEOUT_S + SLACK_S, r.elapsed_s
 
 
 def test_a_silent_connection_is_closed_without_an_answer(tight: ServerProcess) -> None:
