@@ -32,7 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from modelyard.serving.protocol import error_body
 
@@ -178,7 +182,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         log.info("%s: HTTP %d, %s", _peer(self.client), status, message)
         self._refused = True
         self._disarm()
-        cycle = self.cycle  # in a head, the previous request's; in a body, this one's
+        cycle: RequestResponseCycle | None = self.cycle  # in a head the previous request's
         if self._in_head:
             if cycle is not None and not cycle.response_complete:
                 # The previous request's answer is still to be written: end after it, silently.
