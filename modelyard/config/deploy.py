@@ -61,6 +61,13 @@ class ServeConfig(StrictModel):
     max_texts: int = Field(256, ge=1)
     max_text_chars: int = Field(20000, ge=1)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1)
+    # Per connection (modelyard.serving.http): a request head over max_header_bytes is a 431; a
+    # head not in within header_timeout_s, or a body not in within body_timeout_s of its head, a
+    # 408; beyond max_connections open connections (per worker) a new one gets a 503 at once.
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    header_timeout_s: float = Field(10.0, gt=0.0)
+    body_timeout_s: float = Field(30.0, gt=0.0)
+    max_connections: int = Field(512, ge=1)
     poll_s: float = Field(2.0, gt=0.0)  # how often the repository is checked for new versions
     # ONNX Runtime threads per model. 1 by default: each model's batcher feeds whole batches to
     # one session, and ORT's spinning pool would compete with the event loop for the cores.

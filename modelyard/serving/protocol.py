@@ -64,6 +64,13 @@ def _loads(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        # orjson says "surrogates not allowed" for any bad UTF-8; name the first bad byte instead
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise ProtocolError(
+                400, f"request body is not valid UTF-8 (byte {bad.start})"
+            ) from None
         raise ProtocolError(400, f"request body is not valid JSON: {exc}") from None
 
 

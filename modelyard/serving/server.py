@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import gc
 import json
 import logging
@@ -26,7 +27,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from starlette.applications import Starlette
 
@@ -57,12 +58,20 @@ def serve(
     """
     import uvicorn
 
+    from modelyard.serving.http import BoundedHttpProtocol, HttpLimits
+
     settings = settings or ServeConfig()
     root = Path(repo)
     if not root.is_dir():
         raise ConfigError(f"{root}: model repository not found")
     if settings.api_key_file:
         read_api_keys(settings.api_key_file)  # fail before starting workers
+    limits = HttpLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_connections=settings.max_connections,
+    )
     common: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
@@ -72,6 +81,10 @@ def serve(
         # Let in-flight requests finish: they end within the request timeout.
         timeout_graceful_shutdown=int(settings.timeout_s) + 5,
         log_config=_log_config(log_level),
+        # modelyard's HTTP/1.1 connection: JSON protocol errors, a head limit, head and body
+        # timeouts, a connection cap (a partial of a module-level class: workers unpickle it).
+        http=cast(Any, functools.partial(BoundedHttpProtocol, limits=limits)),
+        ws="none",  # no WebSocket route: an Upgrade request is answered as plain HTTP
     )
     if settings.workers > 1:
         # Worker processes import the app by name; hand them the settings through the env.
