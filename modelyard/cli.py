@@ -18,6 +18,7 @@ from typing import Any
 
 from modelyard import __version__
 from modelyard.config import TASKS
+from modelyard.config.deploy import add_serve_flags, serve_overrides
 from modelyard.errors import ModelyardError, RunError
 from modelyard.logs import setup_logging
 from modelyard.metrics import proportion_interval
@@ -254,11 +255,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from modelyard.config import ServeConfig, load_config
 
     settings = load_config(args.config).serve if args.config else ServeConfig()
-    flags: tuple[str, ...] = ("host", "port", "max_batch_size", "max_delay_ms", "max_queue")
-    flags += ("timeout_s", "workers", "api_key_file", "alias", "replicas", "max_replicas")
-    flags += ("providers",)
-    overrides = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
-    settings = ServeConfig.from_settings({**settings.model_dump(), **overrides})
+    settings = ServeConfig.from_settings({**settings.model_dump(), **serve_overrides(args)})
     if args.ray:  # the same app as Ray Serve replicas
         from modelyard.serving.ray_serve import serve_on_ray
 
@@ -405,23 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve every bundle in a model repository over HTTP")
     p.add_argument("repo", help="model repository, e.g. models/")
     p.add_argument("--config", help="read settings from this config's serve: section")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--max-batch-size", type=int)
-    p.add_argument("--max-delay-ms", type=float)
-    p.add_argument("--max-queue", type=int)
-    p.add_argument("--timeout-s", type=float)
-    p.add_argument("--workers", type=int)
-    p.add_argument("--api-key-file")
-    p.add_argument("--alias", help="serve each model's version this alias names (default: server)")
-    p.add_argument(
-        "--providers", choices=["cpu", "cuda", "auto"], help="ONNX Runtime (default cpu)"
-    )
+    add_serve_flags(p)  # every serve: setting, --max-queue, --timeout-s, --providers, ...
     p.add_argument(
         "--ray", action="store_true", help="serve as Ray Serve replicas (modelyard[ray])"
     )
-    p.add_argument("--replicas", type=int, help="with --ray: this many replicas (default 1)")
-    p.add_argument("--max-replicas", type=int, help="with --ray: autoscale up to this many")
     p.set_defaults(func=cmd_serve)
     return parser
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -106,3 +107,30 @@ class ServeConfig(StrictModel):
                 for e in exc.errors()
             ]
             raise ConfigError(f"{where}: " + "; ".join(bad)) from None
+
+
+# flags of `modelyard serve` / `python -m modelyard.serving` worth a word beyond their name
+_FLAG_HELP = {
+    "alias": "serve each model's version this alias names (default: server)",
+    "providers": "ONNX Runtime execution provider: cpu (default), cuda, auto",
+    "replicas": "with --ray: this many replicas (default 1)",
+    "max_replicas": "with --ray: autoscale up to this many",
+}
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    """Every :class:`ServeConfig` field as a flag (``max_queue`` -> ``--max-queue``), default
+    unset, so a flag overrides the config only when given (see :func:`serve_overrides`)."""
+    for name, info in ServeConfig.model_fields.items():
+        default = info.default
+        # numbers as such; the rest as strings, which pydantic converts and checks
+        numeric = isinstance(default, int | float) and not isinstance(default, bool)
+        kind = type(default) if numeric else str
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, type=kind, help=_FLAG_HELP.get(name)
+        )
+
+
+def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`ServeConfig` fields given as flags (see :func:`add_serve_flags`)."""
+    return {k: v for k in ServeConfig.model_fields if (v := getattr(args, k, None)) is not None}

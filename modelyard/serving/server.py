@@ -32,6 +32,7 @@ from typing import Any, cast
 from starlette.applications import Starlette
 
 from modelyard.config import ServeConfig
+from modelyard.config.deploy import add_serve_flags, serve_overrides
 from modelyard.errors import ConfigError
 from modelyard.logs import setup_logging
 from modelyard.serving.app import create_app
@@ -186,13 +187,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m modelyard.serving")
     parser.add_argument("repo", help="model repository directory")
     parser.add_argument("--log-level", default="info")
-    for name, info in ServeConfig.model_fields.items():
-        kind = type(info.default) if info.default is not None else str
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
-    args = vars(parser.parse_args(argv))
-    repo, log_level = args.pop("repo"), args.pop("log_level")
-    settings = ServeConfig(**{k: v for k, v in args.items() if v is not None})
+    add_serve_flags(parser)
+    args = parser.parse_args(argv)
     try:
-        serve(repo, settings, log_level=log_level)
+        settings = ServeConfig.from_settings(serve_overrides(args))
+        serve(args.repo, settings, log_level=args.log_level)
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
