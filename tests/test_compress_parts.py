@@ -208,3 +208,75 @@ def test_compress_settings_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="prune_kind"):
         compress(bundle.path, prune=0.5, prune_kind="heads")
     assert set(QUANTIZERS) == {"int8-dynamic", "int8-static", "fp16"}
+
+
+# ---------------------------------------------------------------- transformer fusion before int8
+class _Encoder(torch.nn.Module):
+    """A tiny random BERT, mean-pooled to one score, as the pretrained family exports it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=2, intermediate_size=64)  # fmt: skip
+        self.encoder = BertModel(config, add_pooling_layer=False)
+        self.head = torch.nn.Linear(32, 1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # the argument names are the graph's input names (the exporter's dynamic axes)
+        mask = attention_mask
+        hidden = self.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).float()
+        return self.head((hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0))
+
+
+def _exported(model: torch.nn.Module, folder: Path) -> Path:
+    from modelyard.compress.quantize import preprocess
+    from modelyard.exporters.onnx import export_graph
+
+    torch.manual_seed(0)
+    ids = torch.randint(1, 60, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    raw = folder / "raw" / "model.onnx"
+    raw.parent.mkdir(parents=True)
+    export_graph(model, ids.numpy(), mask.numpy(), raw, opset=18)
+    pre = folder / "pre.onnx"
+    preprocess(raw, pre)
+    return pre
+
+
+@pytest.mark.integration
+def test_int8_dynamic_fuses_a_transformer_encoder_first(tmp_path: Path) -> None:
+    from modelyard.compress.quantize import fuse_transformer, quantize_dynamic_int8
+    from modelyard.runtime.backends import ONNXBackend
+
+    torch.manual_seed(0)
+    pre = _exported(_Encoder().eval(), tmp_path)
+    fused = fuse_transformer(pre, tmp_path / "fused.onnx")
+    assert fused == {"SkipLayerNormalization": 4, "BiasGelu": 2}  # 2 per layer, 1
+    details = quantize_dynamic_int8(pre, tmp_path / "int8.onnx")
+    assert details["fusions"] == fused
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+    assert {"SkipLayerNormalization", "BiasGelu"} <= ops
+
+    # the fused fp32 graph computes what the plain one does; int8 stays close
+    ids = np.array([[5, 9, 13, 2, 0, 0], [7, 7, 8, 30, 41, 3]], dtype=np.int64)
+    outputs = {}
+    for name in ("pre.onnx", "fused.onnx", "int8.onnx"):
+        backend = ONNXBackend(tmp_path / name, input_names=["input_ids", "attention_mask"])
+        outputs[name] = backend.run(ids, (ids != 0).astype(np.int64))
+    np.testing.assert_allclose(outputs["fused.onnx"], outputs["pre.onnx"], atol=1e-5)
+    np.testing.assert_allclose(outputs["int8.onnx"], outputs["pre.onnx"], atol=0.1)
+
+
+@pytest.mark.integration
+def test_a_recurrent_graph_has_nothing_to_fuse(tmp_path: Path) -> None:
+    from modelyard.compress.quantize import fuse_transformer
+
+    model = build_model(RNNConfig(kind="lstm", embedding_dim=8, hidden_size=8), task="binary",
+                        vocab_size=60, num_outputs=1, max_length=8)  # fmt: skip
+    pre = _exported(model.eval(), tmp_path)
+    assert fuse_transformer(pre, tmp_path / "fused.onnx") == {}
+    assert not (tmp_path / "fused.onnx").exists()

@@ -6,7 +6,10 @@ into plain weight initializers. Without that step the LSTM weights are not initi
 the quantizer leaves them in float.
 
 - ``int8-dynamic``: int8 weights (per channel), activations quantized on the fly at run time.
-  ``Gather`` is quantized too: the embedding table is most of a text model's bytes.
+  ``Gather`` is quantized too: the embedding table is most of a text model's bytes. A transformer
+  encoder's graph first goes through ONNX Runtime's transformer optimizer
+  (:func:`fuse_transformer`: residual + LayerNorm into ``SkipLayerNormalization``, bias + GELU
+  into ``BiasGelu``), so the int8 graph runs fused kernels.
 - ``int8-static``: QDQ format, int8 weights (per channel) and uint8 activations whose ranges
   were calibrated on real training texts, padded per small batch like the runtime pads them.
 - ``fp16``: every float weight and op in half precision, with the graph's inputs (int64 ids)
@@ -20,6 +23,7 @@ do not export.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import re
@@ -180,6 +184,32 @@ def _present(model: onnx.ModelProto, ops: Sequence[str]) -> list[str]:
     return [op for op in ops if op in have]
 
 
+def fuse_transformer(source: Path, target: Path) -> dict[str, int]:
+    """Fuse a transformer encoder's subgraphs with ONNX Runtime's transformer optimizer.
+
+    ``model_type="bert"`` with the heads and width read from the graph, python fusions only
+    (``opt_level=0``: the graph was already optimized by :func:`preprocess`). On the graphs the
+    dynamo exporter writes for BERT-family encoders it fuses every residual + LayerNorm and
+    bias + GELU; attention stays unfused (its mask subgraph matches none of ORT's patterns).
+
+    Returns:
+        Fused operator counts (``{"SkipLayerNormalization": 12, ...}``); empty, with nothing
+        written, when no pattern matched (a recurrent or convolutional model).
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with quiet_ort(), contextlib.redirect_stdout(io.StringIO()):
+        optimized = optimize_model(
+            str(source), model_type="bert", num_heads=0, hidden_size=0, opt_level=0
+        )
+        stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+        # a lone LayerNormalization is the exporter's own op, counted, not fused
+        stats.pop("LayerNormalization", None)
+        if stats:
+            optimized.save_model_to_file(str(target))
+    return stats
+
+
 def quantize_dynamic_int8(
     source: Path, target: Path, *, calibration: CalibrationData | None = None
 ) -> dict[str, Any]:
@@ -195,6 +225,10 @@ def quantize_dynamic_int8(
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    fused_graph = target.with_name(target.stem + ".fused.onnx")
+    fusions = fuse_transformer(source, fused_graph)
+    if fusions:
+        source = fused_graph
     model = onnx.load(str(source))
     ops = _present(model, DYNAMIC_OPS)
     with quiet_ort():
@@ -210,6 +244,7 @@ def quantize_dynamic_int8(
     return {
         "mode": "int8-dynamic",
         "tool": "onnxruntime.quantization.quantize_dynamic",
+        "fusions": fusions,  # onnxruntime.transformers.optimizer, before quantizing
         "weight_type": "int8",
         "activations": "uint8, computed at run time",
         "per_channel": True,
