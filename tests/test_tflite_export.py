@@ -191,3 +191,30 @@ def test_refusals_leave_no_bundle(
     with pytest.raises(BundleError, match=r"LiteRT differs from torch by 0\.5 .*tolerance 0\.0001"):
         export_tflite(run, repo=tmp_path)
     assert list_versions(tmp_path / run.config.name) == []
+
+
+def test_a_pretrained_encoder_exports_at_a_fixed_length_in_fp32_and_int8(tmp_path: Path) -> None:
+    # a tiny random BERT, fine-tuned for a step, down the mobile road: static (1, max_length)
+    # inputs, the same scores as torch through the runtime, int8 smaller and still close
+    from test_models_pretrained import save_tiny_bert, tiny_run_config
+
+    import modelyard
+    from modelyard.training import predict_texts
+
+    run = modelyard.train(tiny_run_config(tmp_path, str(save_tiny_bert(tmp_path / "bert"))))
+    fp32 = export_tflite(run, repo=tmp_path / "models")
+    int8 = export_tflite(run, repo=tmp_path / "models", quantize="int8-dynamic")
+    assert [s.shape for s in fp32.manifest.inputs] == [[1, 24], [1, 24]]
+    for bundle in (fp32, int8):
+        parity = bundle.manifest.parity
+        assert parity is not None and parity["padding_invariance_diff"] <= parity["atol"]
+        assert parity["max_abs_diff"] <= parity["atol"]
+    # smaller, not 4x: the quantizer leaves a tiny model's small tensors in float
+    size = {
+        b.manifest.variant["name"]: (b.path / "model.tflite").stat().st_size for b in (fp32, int8)
+    }
+    assert size["tflite-int8-dynamic"] < size["tflite-fp32"]
+    texts = ["w1 w2 w3", "w4", "w5 w6 w7 w8 w9 " * 3]
+    predictor = load(fp32.path)
+    got = predictor.infer(predictor.encode(texts))
+    np.testing.assert_allclose(got, predict_texts(run, texts), atol=SCORE_ATOL, rtol=0)
