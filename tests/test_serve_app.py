@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -312,16 +312,26 @@ def test_full_queue_is_503_with_retry_after_and_timeout_is_504(tmp_path: Path) -
         def call() -> None:
             results.append(c.post("/v1/models/slow/predict", json={"texts": ["a"]}).status_code)
 
-        threads = [threading.Thread(target=call) for _ in range(3)]
-        for t in threads:
-            t.start()
-        r = None
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:  # until the held worker and the queue are full
-            r = c.post("/v1/models/slow/predict", json={"texts": ["a", "b"]})
-            if r.status_code == 503:
-                break
-        assert r is not None and r.status_code == 503
+        (entry,) = app.state.server.repo.models.values()
+        (batcher,) = (mv.batcher for mv in entry.versions.values())
+
+        def start(n: int, until: Callable[[], bool]) -> list[threading.Thread]:
+            started = [threading.Thread(target=call) for _ in range(n)]
+            for t in started:
+                t.start()
+            deadline = time.monotonic() + 5
+            while not until() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert until()
+            return started
+
+        # two batches held in flight (the one running and the next), then two texts fill the
+        # queue; the probe then finds it full
+        threads = start(1, lambda: batcher._in_flight == 1)
+        threads += start(1, lambda: batcher._in_flight == 2)
+        threads += start(2, lambda: batcher.queued == 2)
+        r = c.post("/v1/models/slow/predict", json={"texts": ["a"]})
+        assert r.status_code == 503
         assert r.headers["retry-after"] == "1" and "full" in r.json()["error"]
         for t in threads:
             t.join()
