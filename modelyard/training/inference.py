@@ -32,14 +32,20 @@ def to_tensors(
     pad_id: int,
     side: str,
     length: int | None,
-    device: torch.device,
+    device: torch.device | str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad a batch of id lists (to ``length`` or to the longest) into ``(ids, mask)`` tensors."""
     batch = pad_batch(
         seqs, pad_id=pad_id, side="left" if side == "left" else "right", length=length
     )
-    ids = torch.from_numpy(np.ascontiguousarray(batch.ids, dtype=np.int64)).to(device)  # (B, T)
-    mask = torch.from_numpy(np.ascontiguousarray(batch.mask, dtype=np.int64)).to(device)  # (B, T)
+    ids = torch.from_numpy(np.ascontiguousarray(batch.ids, dtype=np.int64))  # (B, T)
+    mask = torch.from_numpy(np.ascontiguousarray(batch.mask, dtype=np.int64))  # (B, T)
+    if torch.device(device).type == "cuda":
+        # page-locked host memory: the copy runs asynchronously, overlapping the step before
+        return (
+            ids.pin_memory().to(device, non_blocking=True),
+            mask.pin_memory().to(device, non_blocking=True),
+        )
     return ids, mask
 
 
