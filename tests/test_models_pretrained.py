@@ -475,3 +475,38 @@ def test_minilm_fine_tunes_and_round_trips(tmp_path: Path) -> None:
     predictor = modelyard.runtime.load(bundle.path)
     got = predictor.infer(predictor.encode(texts))
     assert np.allclose(got, predict_texts(run, texts), atol=1e-5)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_head_only_trains_the_head_on_cached_features_as_the_frozen_encoder_would(
+    tmp_path: Path,
+) -> None:
+    from helpers.weights import weights
+
+    # without dropout a frozen encoder gives the same features in training and eval mode, so
+    # training the head on features cached once must equal training it through the encoder
+    bert = save_tiny_bert(tmp_path / "bert", dropout=0.0)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cached = modelyard.train(tiny_run_config(tmp_path / "a", str(bert), head_only=True))
+    through = modelyard.train(
+        tiny_run_config(tmp_path / "b", str(bert), freeze_embeddings=True, freeze_layers=2)
+    )
+    a, b = weights(cached.dir, "last"), weights(through.dir, "last")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
+    # the encoder is the pretrained one, untouched; the head moved
+    start = build_model(PretrainedModelConfig(kind="pretrained", path=str(bert)), task="binary",
+                        vocab_size=VOCAB, num_outputs=1, max_length=24).state_dict()  # fmt: skip
+    assert all(torch.equal(a[k], start[k]) for k in a if k.startswith("encoder."))
+    assert not torch.equal(a["head.weight"], start["head.weight"])
+    history_a = [r["val_loss"] for r in cached.history]
+    history_b = [r["val_loss"] for r in through.history]
+    np.testing.assert_allclose(history_a, history_b, rtol=1e-4)
+
+
+def test_head_only_and_lora_do_not_mix(bert_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="head_only trains the head alone"):
+        tiny_model(bert_dir, head_only=True, lora={"r": 2})

@@ -203,6 +203,7 @@ def _session(
         world=World(),  # one process
         ddp=None,
         scaler=scaler,
+        features={},  # no head_only cache
     )
 
 

@@ -86,6 +86,9 @@ class PretrainedModelConfig(StrictModel):
     freeze_layers: int = Field(0, ge=0)  # the first N encoder layers keep their weights
     gradient_checkpointing: bool = False
     lora: LoRAConfig | None = None  # adapters instead of full fine-tuning
+    # the encoder frozen whole; its pooled outputs are computed once per text and the head alone
+    # trains on them: the cheapest useful model (an epoch costs almost nothing)
+    head_only: bool = False
 
 
 class BagOfNgramsConfig(StrictModel):

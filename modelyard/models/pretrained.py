@@ -59,9 +59,15 @@ class PretrainedClassifier(nn.Module):
         self.token_types = int(getattr(encoder.config, "type_vocab_size", 0) or 0) > 0
         self.layer_prefixes = _layer_prefixes(encoder, "encoder.")
         self.num_layers = len(self.layer_prefixes) - 1  # entry 0 is the embeddings
+        # the encoder is frozen whole and training runs the head on cached features
+        self.head_only = False
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Logits (B, num_outputs) for ids and mask of shape (B, T), padded on either side."""
+        return self.classify(self.features(input_ids, attention_mask))
+
+    def features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """The pooled encoder outputs (B, C): what the head sees (``head_only`` caches them)."""
         batch = to_right_padding(input_ids, attention_mask)
         inputs = {"input_ids": batch.ids, "attention_mask": batch.valid.to(torch.long)}
         if self.token_types:
@@ -69,8 +75,11 @@ class PretrainedClassifier(nn.Module):
         hidden = self.encoder(**inputs).last_hidden_state  # (B, T, C)
         # cls: the first token, BERT's [CLS] (real tokens start at 0 after the rotation)
         cls = self.pooling == "cls"
-        pooled = hidden[:, 0] if cls else masked_mean(hidden, batch.valid)  # (B, C)
-        return self.head(self.dropout(pooled))
+        return hidden[:, 0] if cls else masked_mean(hidden, batch.valid)  # (B, C)
+
+    def classify(self, features: Tensor) -> Tensor:
+        """Logits (B, num_outputs) from pooled features (B, C)."""
+        return self.head(self.dropout(features))
 
     def merge_adapters(self) -> PretrainedClassifier:
         """Fold LoRA adapters into the weights they adapt and drop them (no-op without LoRA).
@@ -155,6 +164,11 @@ def build_pretrained(
         # non-reentrant: works with frozen embeddings (inputs without grad) and keeps RNG state
         encoder.activation_checkpointing_enable({"use_reentrant": False})
     freeze(model, embeddings=cfg.freeze_embeddings, layers=cfg.freeze_layers)
+    if cfg.head_only:
+        if cfg.lora is not None:
+            raise ConfigError("model.head_only trains the head alone: drop model.lora")
+        encoder.requires_grad_(False)
+        model.head_only = True
     return model
 
 

@@ -15,7 +15,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from modelyard.training.checkpoint import save_checkpoint, save_weights
 from modelyard.training.distributed import accumulating, all_reduce_sum, broadcast, shard
 from modelyard.training.inference import activate_logits, forward_logits, metric_scores, to_tensors
 from modelyard.training.optim import current_lr
-from modelyard.training.state import EncodedSplit, Session
+from modelyard.training.state import EncodedSplit, HeadOnly, Session
 
 log = logging.getLogger("modelyard.training")
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # train.precision -> autocast dtype
@@ -53,6 +53,7 @@ def train_step(session: Session, group: Sequence[np.ndarray]) -> tuple[float, in
     session.optimizer.zero_grad(set_to_none=True)
     total = sum(len(idx) for idx in group)
     dtype = _AUTOCAST.get(cfg.precision)
+    cached = session.features.get("train")
     loss_sum = 0.0
     length = None if cfg.bucketing else session.max_length
     for k, batch in enumerate(group):
@@ -62,17 +63,20 @@ def train_step(session: Session, group: Sequence[np.ndarray]) -> tuple[float, in
             idx, weight = batch[:1], 0.0
         # DDP all-reduces on the group's last backward only; earlier ones accumulate locally
         sync = accumulating(session.ddp) if k < len(group) - 1 else contextlib.nullcontext()
-        ids, mask = to_tensors(
-            [session.train.seqs[i] for i in idx],
-            pad_id=session.pad_id,
-            side=session.padding_side,
-            length=length,
-            device=device,
-        )
         targets = torch.from_numpy(session.train.targets[idx]).to(device)
         with sync:
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = net(ids, mask)
+            if cached is not None:  # head_only: the head on the frozen encoder's features
+                logits = cast(HeadOnly, model).classify(cached[torch.from_numpy(idx)].to(device))
+            else:
+                ids, mask = to_tensors(
+                    [session.train.seqs[i] for i in idx],
+                    pad_id=session.pad_id,
+                    side=session.padding_side,
+                    length=length,
+                    device=device,
+                )
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    logits = net(ids, mask)
             loss = session.loss_fn(logits.float(), targets)
             session.scaler.scale(loss * weight).backward()
         if weight > 0:
@@ -143,23 +147,38 @@ def validate(session: Session, split: EncodedSplit | None = None) -> dict[str, f
     Returns:
         ``{"val_loss": ..., "val_<metric>": ...}``.
     """
+    cached = session.features.get("validation") if split is None else None
     split = split if split is not None else session.validation
     task = session.config.task
-    logits = forward_logits(
-        session.model,
-        split.seqs,
-        batch_size=session.config.train.batch_size,
-        pad_id=session.pad_id,
-        side=session.padding_side,
-        length=None if session.config.train.bucketing else session.max_length,
-        device=session.device,
-    )
+    if cached is not None:  # head_only: the head on the frozen encoder's features
+        logits = _classify(session.model, cached, session.device)
+    else:
+        logits = forward_logits(
+            session.model,
+            split.seqs,
+            batch_size=session.config.train.batch_size,
+            pad_id=session.pad_id,
+            side=session.padding_side,
+            length=None if session.config.train.bucketing else session.max_length,
+            device=session.device,
+        )
     targets = torch.from_numpy(split.targets).to(session.device)
     with torch.no_grad():
         val_loss = float(session.loss_fn(logits.to(session.device), targets))
     scores = metric_scores(task, activate_logits(task, logits).numpy())
     metrics = compute_metrics(task, split.targets, scores, list(session.labels.labels))
     return {"val_loss": val_loss, **{f"val_{k}": float(v) for k, v in metrics.items()}}
+
+
+@torch.no_grad()
+def _classify(model: nn.Module, features: torch.Tensor, device: torch.device) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        logits = cast(HeadOnly, model).classify(features.to(device)).float().cpu()
+    finally:
+        model.train(was_training)
+    return logits
 
 
 def end_epoch(session: Session, epoch: int) -> bool:

@@ -6,7 +6,7 @@ The same batched forward pass serves the training loop's validation, so validati
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,7 @@ def forward_logits(
     side: str = "right",
     length: int | None = None,
     device: torch.device | str = "cpu",
+    call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Raw model outputs for every sequence, in input order.
 
@@ -71,9 +72,10 @@ def forward_logits(
         length: pad every batch to this length (the plain way); ``None`` pads to the batch's
             longest sequence after sorting by length.
         device: where to run.
+        call: what to run instead of ``model`` (e.g. its ``features``), in the same eval mode.
 
     Returns:
-        ``(N, K)`` float32 logits on the CPU.
+        ``(N, K)`` float32 logits (or what ``call`` returns) on the CPU.
     """
     device = torch.device(device)
     was_training = model.training
@@ -85,7 +87,7 @@ def forward_logits(
             ids, mask = to_tensors(
                 [seqs[i] for i in idx], pad_id=pad_id, side=side, length=length, device=device
             )
-            logits = model(ids, mask).float().cpu()  # (B, K)
+            logits = (call or model)(ids, mask).float().cpu()  # (B, K)
             if out is None:
                 out = torch.empty((len(seqs), logits.shape[1]), dtype=torch.float32)
             out[torch.from_numpy(idx)] = logits

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -30,10 +30,11 @@ from modelyard.training.callbacks import BestTracker, EarlyStopping, metric_mode
 from modelyard.training.checkpoint import restore_checkpoint
 from modelyard.training.distributed import World, local_rank, on_main, seed_rank, wrap
 from modelyard.training.environment import check_precision, resolve_device, seed_everything
+from modelyard.training.inference import forward_logits
 from modelyard.training.losses import build_loss
 from modelyard.training.optim import build_optimizer, build_schedule
 from modelyard.training.param_groups import parameter_groups
-from modelyard.training.state import EncodedSplit, Session, write_run_json
+from modelyard.training.state import EncodedSplit, HeadOnly, Session, write_run_json
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -107,6 +108,29 @@ def _load_or_build_tokenizer(
     return tok
 
 
+def _cached_features(session: Session) -> dict[str, torch.Tensor]:
+    """``head_only``: the frozen encoder's pooled outputs for the train and validation texts,
+    computed once (in eval mode, so without dropout) for every epoch to train the head on."""
+    model = session.model
+    tcfg = session.config.train
+    log.info(
+        "head_only: encoding %d texts once", len(session.train.seqs) + len(session.validation.seqs)
+    )
+    features = {}
+    for name, split in (("train", session.train), ("validation", session.validation)):
+        features[name] = forward_logits(
+            model,
+            split.seqs,
+            batch_size=tcfg.batch_size,
+            pad_id=session.pad_id,
+            side=session.padding_side,
+            length=None if tcfg.bucketing else session.max_length,
+            device=session.device,
+            call=cast(HeadOnly, model).features,
+        )
+    return features
+
+
 def _available_monitors(config: Config, labels: LabelSpace, targets: np.ndarray) -> list[str]:
     """The record keys a monitor may name, learnt from metrics on placeholder scores."""
     n, k = len(targets), labels.num_outputs
@@ -167,6 +191,8 @@ def setup(
     paths = RunPaths(config.run_dir)
     tcfg = config.train
     world = world if world is not None else World()
+    if getattr(config.model, "head_only", False) and world.size > 1:
+        raise ConfigError("model.head_only trains the head in one process: drop --nproc")
     device = resolve_device(tcfg.device, local_rank(world))
     check_precision(tcfg.precision, device)
     _check_tensorboard(config)
@@ -254,6 +280,8 @@ def setup(
     )
     if resume:
         restore_checkpoint(session)
+    if getattr(model, "head_only", False):
+        session.features = _cached_features(session)
     session.ddp = wrap(model, world, device)
     write_run_json(session, "running")
     session.writer = _tensorboard_writer(config, paths, world)

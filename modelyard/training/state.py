@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -60,6 +60,13 @@ class Progress:
     stopped_early: bool = False
 
 
+class HeadOnly(Protocol):
+    """A model that trains its head alone on cached features (``model.head_only``)."""
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
+    def classify(self, features: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass
 class Session:
     """Everything one training run holds while it runs."""
@@ -86,6 +93,8 @@ class Session:
     world: World = field(default_factory=World)  # this process among the data-parallel ranks
     ddp: nn.Module | None = None  # the DDP wrapper of ``model`` that trains, when distributed
     digests: list[str] = field(default_factory=list)  # each rank's final weights (rank 0)
+    # head_only: the frozen encoder's pooled outputs, "train" and "validation", in split order
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
     # fp16's loss scaler; for fp32 and bf16 a disabled one, whose calls pass through
     scaler: torch.amp.GradScaler = field(
         default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False)
