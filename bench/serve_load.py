@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,18 +81,13 @@ def run_empty_server(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def run_fastapi_server(port: int, model_dir: str) -> None:
-    """(d): FastAPI, pydantic request model, predictor.predict per request."""
+def run_fastapi(port: int, predict_texts: Callable[[list[str]], list[dict[str, Any]]]) -> None:
+    """A plain FastAPI server: a pydantic request model, ``predict_texts`` run per request in
+    FastAPI's thread pool (a sync route), the way most people deploy."""
     import uvicorn
     from fastapi import FastAPI
     from pydantic import BaseModel
 
-    from modelyard.runtime import load
-
-    # the same ORT threading as modelyard serve, so the comparison is about serving only
-    threads = int(os.environ.get("MODELYARD_INTRA_OP_THREADS", "1"))
-    predictor = load(model_dir, intra_op_threads=threads, inter_op_threads=1)
-    predictor.warmup()
     app = FastAPI()
 
     class PredictRequest(BaseModel):
@@ -100,8 +96,7 @@ def run_fastapi_server(port: int, model_dir: str) -> None:
     # FastAPI reads annotations at runtime; with postponed annotations a local class is not
     # resolvable, so give the resolved types explicitly.
     def predict(name: str, req: PredictRequest) -> dict[str, Any]:
-        preds = predictor.predict(req.texts)
-        return {"model": name, "version": 1, "predictions": [p.to_dict() for p in preds]}
+        return {"model": name, "version": 1, "predictions": predict_texts(req.texts)}
 
     predict.__annotations__ = {"name": str, "req": PredictRequest, "return": dict}
     app.post("/v1/models/{name}/predict")(predict)
@@ -113,25 +108,28 @@ def run_fastapi_server(port: int, model_dir: str) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
+def run_fastapi_server(port: int, model_dir: str) -> None:
+    """(d): FastAPI, pydantic request model, predictor.predict per request."""
+    from modelyard.runtime import load
+
+    # the same ORT threading as modelyard serve, so the comparison is about serving only
+    threads = int(os.environ.get("MODELYARD_INTRA_OP_THREADS", "1"))
+    predictor = load(model_dir, intra_op_threads=threads, inter_op_threads=1)
+    predictor.warmup()
+    run_fastapi(port, lambda texts: [p.to_dict() for p in predictor.predict(texts)])
+
+
 def run_hf_server(port: int, model_dir: str, labels: list[str]) -> None:
     """(e): FastAPI + transformers, one forward per request (torch's own threads)."""
     import torch
-    import uvicorn
-    from fastapi import FastAPI
-    from pydantic import BaseModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=len(labels))
     model.eval()
-    app = FastAPI()
 
-    class PredictRequest(BaseModel):
-        texts: list[str]
-
-    def predict(name: str, req: PredictRequest) -> dict[str, Any]:
-        batch = tokenizer(req.texts, padding=True, truncation=True, max_length=128,
-                          return_tensors="pt")  # fmt: skip
+    def predict_texts(texts: list[str]) -> list[dict[str, Any]]:
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
         with torch.no_grad():
             probs = torch.softmax(model(**batch).logits, dim=-1)
         preds = []
@@ -139,16 +137,9 @@ def run_hf_server(port: int, model_dir: str, labels: list[str]) -> None:
             best = max(range(len(row)), key=row.__getitem__)
             preds.append({"label": labels[best], "score": row[best],
                           "scores": dict(zip(labels, row, strict=True))})  # fmt: skip
-        return {"model": name, "version": 1, "predictions": preds}
+        return preds
 
-    predict.__annotations__ = {"name": str, "req": PredictRequest, "return": dict}
-    app.post("/v1/models/{name}/predict")(predict)
-
-    @app.get("/v2/health/ready")
-    def ready() -> dict[str, bool]:
-        return {"ready": True}
-
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    run_fastapi(port, predict_texts)
 
 
 def hf_model_dir(spec: str) -> str:
