@@ -38,6 +38,8 @@ def dataset_overrides(dataset: str) -> list[str]:
     data = {"validation_split": 0.1, "labels": None, "label": "label", **spec.data}
     sets = [f"task={spec.task}"]
     sets += [f"data.{key}={json.dumps(value)}" for key, value in data.items()]
+    if spec.task == "regression":  # a classification config's monitor has no meaning here
+        sets.append("train.monitor=val_loss")
     return sets
 
 
