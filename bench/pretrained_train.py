@@ -13,8 +13,8 @@ files so the CLI reads exactly what the Trainer gets), the same machine and torc
 
 It prints samples/s, seconds, the ratio (Trainer's train() seconds over modelyard's whole
 command), test accuracy and macro-F1. ``--matrix`` adds modelyard's training-step throughput over
-length buckets on/off x fp32/bf16 x full/frozen embeddings (in-process, on ``--matrix-limit``
-texts each).
+length buckets on/off x fp32/bf16 x full/frozen embeddings (in-process, every layer
+training, on ``--matrix-limit`` texts each).
 
     .venv/bin/python bench/pretrained_train.py                        # wordnet_topics, full
     .venv/bin/python bench/pretrained_train.py --limit 2000 --set train.optimizer.lr=2e-4
@@ -187,8 +187,9 @@ def run_trainer(data: Data, *, lr: float, batch: int, epochs: int, seed: int, ou
     return Result("HF Trainer", n / seconds, seconds, seconds, accuracy, macro_f1)
 
 
-def run_modelyard(config_path: Path, sets: list[str], out: Path) -> Result:
+def run_modelyard(config_path: Path, sets: list[str], out: Path, name: str) -> Result:
     """``modelyard train`` in a fresh process; timed from start to exit."""
+    out.mkdir(parents=True)
     sets = [*sets, f"output_dir={out}", "train.progress=false"]
     cmd = [sys.executable, "-m", "modelyard", "--log-level", "warning", "train", str(config_path)]
     cmd += [a for s in sets for a in ("--set", s)] + ["--overwrite"]
@@ -201,7 +202,7 @@ def run_modelyard(config_path: Path, sets: list[str], out: Path) -> Result:
     seconds = sum(r["epoch_time_s"] for r in records)
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())["metrics"]
     return Result(
-        "modelyard train",
+        name,
         info["num_train"] * len(records) / seconds,
         seconds,
         wall,
@@ -219,7 +220,11 @@ MATRIX = [
 
 
 def throughput_matrix(config_path: Path, sets: list[str], out: Path) -> list[tuple[Any, ...]]:
-    """Training-step samples/s of ``modelyard.training`` over the matrix (one epoch each)."""
+    """Training-step samples/s of ``modelyard.training`` over the matrix (one epoch each).
+
+    Every encoder layer trains (``model.freeze_layers=0``), so "frozen" is the embedding table
+    alone; with frozen lower layers the embeddings would also decide how deep backward goes.
+    """
     from modelyard.training import environment, epochs, prepare
 
     rows = []
@@ -231,6 +236,7 @@ def throughput_matrix(config_path: Path, sets: list[str], out: Path) -> list[tup
                 f"train.bucketing={str(bucketing).lower()}",
                 f"train.precision={precision}",
                 f"model.freeze_embeddings={str(frozen).lower()}",
+                "model.freeze_layers=0",
                 f"output_dir={out}",
                 "name=bench-matrix",
                 "train.progress=false",
@@ -258,10 +264,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trainer-lr", type=float, default=5e-5)
     parser.add_argument("--trainer-batch", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=1, help="both sides")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="one more modelyard run with these overrides, after the Trainer (repeatable)",
+    )
     parser.add_argument("--skip-trainer", action="store_true")
     parser.add_argument("--skip-modelyard", action="store_true")
     parser.add_argument("--matrix", action="store_true", help="modelyard's throughput matrix")
-    parser.add_argument("--matrix-limit", type=int, default=640)
+    parser.add_argument("--matrix-limit", type=int, default=320)
     parser.add_argument("--threads", type=int, help="torch threads, both sides (default: torch's)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
@@ -278,11 +291,14 @@ def main(argv: list[str] | None = None) -> None:
         sets = [*base, *data.sets, *args.set]
         seed = int(load_config(config_path, sets).seed)
         if not args.skip_modelyard:
-            (out / "runs").mkdir()
-            results.append(run_modelyard(config_path, sets, out / "runs"))
+            results.append(run_modelyard(config_path, sets, out / "runs", "modelyard train"))
         if not args.skip_trainer:
             kw = {"lr": args.trainer_lr, "batch": args.trainer_batch, "epochs": args.epochs}
             results.append(run_trainer(data, seed=seed, out=out, **kw))
+        for i, variant in enumerate(args.variant):
+            name, _, extra = variant.partition(":")
+            more = [*sets, *(e for e in extra.split(",") if e)]
+            results.append(run_modelyard(config_path, more, out / f"runs{i}", f"modelyard {name}"))
         matrix = []
         if args.matrix:
             small = prepare_data(config_path, base, args.matrix_limit, out / "matrix")
@@ -294,18 +310,24 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.set:
         print("modelyard --set " + " ".join(args.set))
-    head = ("side", "samples/s", "train s", "whole s", "test acc", "macro-F1")
-    print("{:<16} {:>10} {:>8} {:>8} {:>9} {:>9}".format(*head))
+    for variant in args.variant:
+        print("variant " + variant)
+    theirs = next((r for r in results if r.name == "HF Trainer"), None)
+    head = ("side", "samples/s", "train s", "whole s", "vs Trainer", "test acc", "macro-F1")
+    print("{:<22} {:>10} {:>8} {:>8} {:>10} {:>9} {:>9}".format(*head))
     for r in results:
+        # the bar: modelyard's whole command over the Trainer's train() alone
+        ratio = f"{r.wall_s / theirs.train_s:.2f}x" if theirs is not None else "-"
         print(
-            f"{r.name:<16} {r.samples_per_s:>10.1f} {r.train_s:>8.1f} {r.wall_s:>8.1f} "
-            f"{r.accuracy:>9.4f} {r.macro_f1:>9.4f}"
+            f"{r.name:<22} {r.samples_per_s:>10.1f} {r.train_s:>8.1f} {r.wall_s:>8.1f} "
+            f"{ratio:>10} {r.accuracy:>9.4f} {r.macro_f1:>9.4f}"
         )
-    if len(results) == 2:
-        ours, theirs = results
+    for ours in results:
+        if theirs is None or ours is theirs:
+            continue
         ratio = ours.wall_s / theirs.train_s
         print(
-            f"modelyard whole command / Trainer train(): {ratio:.2f}x "
+            f"{ours.name}: whole command / Trainer train() {ratio:.2f}x "
             f"({'meets' if ratio <= 0.5 else 'misses'} <= 0.5); accuracy "
             f"{ours.accuracy - theirs.accuracy:+.4f} "
             f"({'meets' if ours.accuracy >= theirs.accuracy else 'misses'} >= Trainer's)"
