@@ -84,6 +84,7 @@ class Data:
 
 def prepare_data(config_path: Path, sets: list[str], limit: int | None, out: Path) -> Data:
     """The config's train / validation / test split (train subsampled to ``limit``) as CSVs."""
+    out.mkdir(parents=True, exist_ok=True)
     config = load_config(config_path, sets)
     if config.task not in ("binary", "multiclass"):
         raise SystemExit(f"{config.task}: this bench compares single-label classification only")
