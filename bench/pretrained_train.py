@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
         print("variant " + variant)
     theirs = next((r for r in results if r.name == "HF Trainer"), None)
     head = ("side", "samples/s", "train s", "whole s", "vs Trainer", "test acc", "macro-F1")
-    print("{:<22} {:>10} {:>8} {:>8} {:>10} {:>9} {:>9}".format(*head))
+    if results:
+        print("{:<22} {:>10} {:>8} {:>8} {:>10} {:>9} {:>9}".format(*head))
     for r in results:
         # the bar: modelyard's whole command over the Trainer's train() alone
         ratio = f"{r.wall_s / theirs.train_s:.2f}x" if theirs is not None else "-"
