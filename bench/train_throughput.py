@@ -20,6 +20,13 @@ fresh CLI run; samples/s are the global samples over rank 0's training-step time
 metrics.jsonl, and the ratio is 2 processes over 1.
 
     .venv/bin/python bench/train_throughput.py --nproc 2 --epochs 2
+
+With ``--pretrained`` it is the pretrained case instead (``bench/pretrained_train.py``, every
+other option passed on): MiniLM fine-tuned by the whole ``modelyard train`` command against the
+Hugging Face Trainer on the same split, and with ``--matrix`` modelyard's samples/s with length
+buckets on/off, fp32 vs bf16, full vs frozen embeddings.
+
+    .venv/bin/python bench/train_throughput.py --pretrained --matrix
 """
 
 from __future__ import annotations
@@ -183,6 +190,12 @@ def compare_processes(config_path: Path, epochs: int, nproc: int) -> None:
 
 
 def main() -> None:
+    if "--pretrained" in sys.argv[1:]:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from pretrained_train import main as pretrained_main
+
+        pretrained_main([a for a in sys.argv[1:] if a != "--pretrained"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "examples" / "seed.yaml"))
     parser.add_argument("--epochs", type=int, default=3)
