@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -91,7 +89,7 @@ def main() -> None:
             extra = [f"{row[k]:.1f}" if k in row else "—" for k in ("size_mb", "p50_ms", "train_s")]
             print(f"| {row['model']} | " + " | ".join(cells + extra) + " |")
         print()
-    (out / "results.json").write_text(yaml.safe_dump(rows))
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

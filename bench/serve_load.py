@@ -152,12 +152,12 @@ def hf_model_dir(spec: str) -> str:
 
 
 def bundle_labels(repo: Path, model: str) -> list[str]:
-    """The labels of the newest version of ``model`` (for the hf server's answers)."""
-    versions = sorted(
-        (p for p in (repo / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
-    )
-    manifest = json.loads((versions[-1] / "manifest.json").read_text())
-    return list(manifest["labels"])
+    """The labels of the version ``modelyard serve`` serves (for the hf server's answers)."""
+    from modelyard.bundle import read_manifest
+    from modelyard.versions import default_version
+
+    version = default_version(repo / model, "server")
+    return list(read_manifest(repo / model / str(version)).labels)
 
 
 def free_port() -> int:
