@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers.processes import child_process
 from helpers.synthetic import write_synthetic
 
 from modelyard.bundle import verify_bundle
@@ -22,7 +21,6 @@ from modelyard.versions import VERSION_NUMBER, list_versions, read_record
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 # ONNX Runtime writes its session id to $TMPDIR/.ses (one fixed 51-byte file it reuses, also in a
 # server); it is no leftover of a killed run
 ORT_SESSION_FILE = ".ses"
@@ -70,17 +68,7 @@ def _modelyard(args: list[str], tmpdir: Path, log: Path, kill_after: int | None 
     """Run ``modelyard ARGS`` with ``TMPDIR=tmpdir``; kill -9 it right after its
     ``kill_after``-th step. Returns the exit status (``-9`` when killed) or, run to the end,
     how many steps it took."""
-    env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONPATH": str(ROOT)}
-    with (
-        log.open("a") as err,
-        subprocess.Popen(
-            [sys.executable, "-c", CHILD, *args],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env=env,
-        ) as child,
-    ):
+    with child_process(CHILD, args, tmpdir=tmpdir, log=log) as child:
         assert child.stdout is not None
         steps = 0
         try:
@@ -92,7 +80,6 @@ def _modelyard(args: list[str], tmpdir: Path, log: Path, kill_after: int | None 
         finally:
             if kill_after is not None and child.poll() is None:
                 os.kill(child.pid, signal.SIGKILL)
-            child.wait(timeout=300)
     if kill_after is not None:
         assert child.returncode == -signal.SIGKILL, f"finished before step {kill_after}: {log}"
         return child.returncode
@@ -136,22 +123,12 @@ def test_killed_export_and_compress_leave_nothing_half_written_and_nothing_behin
     rng = random.Random(11)
     exports = 2
     for _ in range(exports):
-        env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONPATH": str(ROOT)}
-        with (
-            log.open("a") as err,
-            subprocess.Popen(
-                [sys.executable, "-c", CHILD, "export", str(run.dir), "--repo", str(repo)],
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                env=env,
-            ) as child,
-        ):
+        args = ["export", str(run.dir), "--repo", str(repo)]
+        with child_process(CHILD, args, tmpdir=tmpdir, log=log) as child:
             assert child.stdout is not None
             assert child.stdout.readline().startswith("STEP mkdtemp"), log.read_text()
             time.sleep(rng.uniform(0.0, 2.0))
             os.kill(child.pid, signal.SIGKILL)
-            child.wait(timeout=60)
         assert list_versions(model_dir) == []
         assert _temp_files(tmpdir) == []
         # each export removes what the one before it left when it was killed

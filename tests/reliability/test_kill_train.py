@@ -8,13 +8,12 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.processes import child_process
 from helpers.synthetic import write_synthetic
 from helpers.weights import assert_same_weights, weights
 from safetensors.torch import load_file
@@ -25,7 +24,6 @@ from modelyard.training.checkpoint import load_state
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 
 # `modelyard train ...`, saying after every optimizer step which one it finished; the test kills
 # it a random moment after the k-th, while it goes on (mid-step, or mid-checkpoint write). With
@@ -91,20 +89,9 @@ def _kill_after(
 ) -> None:
     """Run ``modelyard ARGS``; kill -9 it ``delay`` seconds after step ``step`` or, with
     ``mid_write``, inside the first training-state write after it."""
-    env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONPATH": str(ROOT)}
-    if mid_write:
-        env["STALL_AFTER_STEP"] = str(step)
+    env = {"STALL_AFTER_STEP": str(step)} if mid_write else {}
     wanted = ["WRITING"] if mid_write else ["STEP", str(step)]
-    with (
-        log.open("a") as err,
-        subprocess.Popen(
-            [sys.executable, "-c", CHILD, *args],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env=env,
-        ) as child,
-    ):
+    with child_process(CHILD, args, tmpdir=tmpdir, log=log, env=env) as child:
         assert child.stdout is not None
         try:
             for line in child.stdout:
@@ -113,7 +100,6 @@ def _kill_after(
                     break
         finally:
             os.kill(child.pid, signal.SIGKILL)
-            child.wait(timeout=60)
     assert child.returncode == -signal.SIGKILL, f"finished before step {step}: {log}"
 
 
