@@ -7,6 +7,7 @@ same weights, only rank 0 writes, 2 processes match 1 process for the same globa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from helpers.processes import run_bounded
 from helpers.synthetic import write_synthetic
 from helpers.weights import assert_same_weights, weights
 
@@ -78,14 +80,8 @@ def child_env(tmp_path: Path, audit: bool = False) -> dict[str, str]:
 
 
 def cli(tmp_path: Path, *args: str, audit: bool = False) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "modelyard", "train", *args],
-        env=child_env(tmp_path, audit),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    cmd = [sys.executable, "-m", "modelyard", "train", *args]
+    return run_bounded(cmd, timeout=300, env=child_env(tmp_path, audit), cwd=tmp_path)
 
 
 def test_two_processes_learn_agree_and_match_one_process(tmp_path: Path) -> None:
@@ -126,7 +122,9 @@ CHILD = textwrap.dedent(
     real_save, real_step = epochs.save_checkpoint, epochs.train_step
     after = []
     rank = int(os.environ["RANK"])
-    print(f"PID {rank} {os.getpid()}", flush=True)
+    with open(f"rank{rank}.pid.tmp", "w") as f:  # the ranks share stdout: a file each
+        f.write(str(os.getpid()))
+    os.replace(f"rank{rank}.pid.tmp", f"rank{rank}.pid")
 
     def save_checkpoint(session):
         real_save(session)
@@ -138,7 +136,7 @@ CHILD = textwrap.dedent(
         out = real_step(session, group)
         if rank == 0 and after and session.progress.global_step >= after[0] + 1:
             # a step past the checkpoint; rank 1 waits in the next all-reduce. Wait to be killed
-            print("READY", flush=True)
+            os.write(1, b"READY\\n")  # one write: whole even if rank 1 writes at once
             threading.Event().wait()
         return out
 
@@ -173,23 +171,25 @@ def test_killed_two_process_run_resumes_to_identical_weights(tmp_path: Path) -> 
         stderr=subprocess.PIPE,
         text=True,
     )
-    pids: list[int] = []
+
+    def rank_pids() -> list[int]:
+        return [int(p.read_text()) for p in sorted(tmp_path.glob("rank*.pid"))]
+
     try:
         assert proc.stdout is not None
-        for line in proc.stdout:  # blocks until the ranks report, no sleeping
-            if line.startswith("PID "):
-                pids.append(int(line.split()[2]))
+        for line in proc.stdout:  # blocks until rank 0 is past the checkpoint, no sleeping
             if line.strip() == "READY":
                 break
         else:
             pytest.fail(proc.stderr.read() if proc.stderr else "no READY")
-        assert len(pids) == 2
-        for pid in [proc.pid, *pids]:  # kill -9 the launcher and both ranks
-            os.kill(pid, signal.SIGKILL)
+        assert len(rank_pids()) == 2
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+        # kill -9 the launcher and both ranks (each in a session of its own): the crash under
+        # test, and on failure no orphaned rank left holding the pipes
+        for pid in [proc.pid, *rank_pids()]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
     run_dir = tmp_path / "runs" / "crashed"
     state = load_state(run_dir / "checkpoints" / "last.state.pt")
     assert state["progress"]["epoch"] == 1 and state["progress"]["step_in_epoch"] > 0

@@ -14,9 +14,11 @@ takes the same best-checkpoint and early-stopping decisions.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import hashlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -156,11 +158,13 @@ def local_rank(world: World) -> int | None:
 def process_group(world: World, config: Config) -> Iterator[World]:
     """Join the process group for the run (nothing to do for one process); leave it after.
 
-    The rendezvous is torchrun's: ``MASTER_ADDR`` / ``MASTER_PORT`` in the environment.
+    The rendezvous is torchrun's: ``MASTER_ADDR`` / ``MASTER_PORT`` in the environment. A rank
+    that seems stuck prints every thread's stack to stderr on ``kill -USR1 PID``.
     """
     if not world.distributed or dist.is_initialized():
         yield world
         return
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     device = resolve_device(config.train.device, local_rank(world))
     backend = resolve_backend(config.train.backend, device)
     dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size)

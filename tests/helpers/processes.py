@@ -1,14 +1,19 @@
-"""A child Python process for the kill -9 tests: its step markers on stdout, its stderr in a log,
-its temporary files in a private TMPDIR."""
+"""Child processes in tests: the kill -9 tests' child (step markers on stdout, stderr in a log,
+temporary files in a private TMPDIR), and a bounded run that leaves no orphan."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,3 +44,40 @@ def child_process(
             raise
         finally:
             child.wait(timeout=300)
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (Linux /proc; empty elsewhere)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # the command name in parentheses may hold spaces: the fields after the last ")"
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def run_bounded(
+    cmd: Sequence[str], *, timeout: float, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(cmd, capture_output=True, text=True)`` that, past ``timeout``, asks the
+    children to print their stacks (SIGUSR1: a torchrun rank's faulthandler), kills the process
+    and its children, and fails the test with their stderr: a stuck run says where it stuck and
+    leaves no orphan behind."""
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stuck = children(proc.pid)
+            for pid in stuck:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
+            time.sleep(2)
+            for pid in [proc.pid, *stuck]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            out, err = proc.communicate(timeout=60)
+            pytest.fail(f"{' '.join(cmd)} ran past {timeout} s; its stderr:\n{err[-20000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
