@@ -9,7 +9,9 @@ interpreter (``--keras-python``, a venv with tensorflow-cpu; TensorFlow is not i
 venv) and times ``model.fit`` alone. (b) ``modelyard train examples/seed.yaml --set seed=N``,
 timed end to end (the wall time of the process). Both see the same train / validation / test
 texts (modelyard's seeded 10% validation split, handed to the Keras worker) and the same number
-of threads. The order of (a) and (b) alternates from seed to seed.
+of threads. The order of (a) and (b) alternates from seed to seed. It also prints the floor of
+any PyTorch command taking modelyard's training steps: a process that imports torch and takes
+one Adam step, plus the steps' own time from the run's ``metrics.jsonl``.
 
     .venv/bin/python bench/keras_fit.py [--seeds 1 2 3] [--epochs 10] [--threads 1]
         [--keras-python /work/keras-venv/bin/python]
@@ -255,12 +257,31 @@ def run_modelyard(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     run_dir = Path(args.output_dir) / name
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text(encoding="utf-8"))
     info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    epochs = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     return {
         "accuracy": float(metrics["metrics"]["accuracy"]),
         "macro_f1": float(metrics["metrics"]["macro_f1"]),
         "train_s": wall,
+        # the optimizer steps alone, as the run logs them (no validation, no files)
+        "steps_s": sum(float(json.loads(line)["epoch_time_s"]) for line in epochs),
         "best_epoch": info.get("best_epoch"),
+        "startup_s": torch_startup(args.threads),
     }
+
+
+# A process that imports torch and takes one Adam step: torch.optim's step imports torch._dynamo,
+# so this is what any PyTorch training command pays before its first batch.
+TORCH_STARTUP = (
+    "import torch; m = torch.nn.Linear(2, 1); o = torch.optim.Adam(m.parameters(), fused=True); "
+    "m(torch.zeros(1, 2)).sum().backward(); o.step()"
+)
+
+
+def torch_startup(threads: int) -> float:
+    """Wall seconds of a ``python -c TORCH_STARTUP`` process."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", TORCH_STARTUP], env=thread_env(threads), check=True)
+    return time.perf_counter() - t0
 
 
 def mean_std(values: Sequence[float], digits: int = 4) -> str:
@@ -354,6 +375,19 @@ def main() -> None:
     print(
         "Keras worker process (import + tokenize + fit + predict): "
         f"{mean_std(col(1, 'process_s'), 1)} s"
+    )
+    # the floor of any PyTorch command running these same steps: torch's start-up plus the steps
+    fit_s = statistics.fmean(col(1, "fit_s"))
+    floor = [m["startup_s"] + m["steps_s"] for _, _, m in rows]
+    print(
+        f"modelyard's optimizer steps alone: {mean_std(col(2, 'steps_s'), 1)} s "
+        f"(fit s / steps s: {fit_s / statistics.fmean(col(2, 'steps_s')):.2f}×); torch start-up "
+        f"(import + first Adam step, a process of its own): {mean_std(col(2, 'startup_s'), 2)} s"
+    )
+    print(
+        f"floor = start-up + steps: {mean_std(floor, 1)} s, so no PyTorch command taking these "
+        f"steps beats {fit_s / statistics.fmean(floor):.2f}× Keras' fit; modelyard's own overhead "
+        f"above the floor: {statistics.fmean(col(2, 'train_s')) - statistics.fmean(floor):.1f} s"
     )
 
 

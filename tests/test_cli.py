@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -122,3 +123,40 @@ def test_console_entry_point_runs() -> None:
         [sys.executable, "-m", "modelyard", "--version"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and proc.stdout.startswith("modelyard ")
+
+
+@pytest.mark.integration
+def test_console_exit_keeps_output_status_and_exit_handlers(tmp_path: Path) -> None:
+    # the entry point ends with os._exit (no interpreter teardown): the command's output must
+    # still arrive whole through a pipe, its status must be the exit status, and the exit
+    # handlers registered during the run must still run
+    script = (
+        "import atexit, sys; atexit.register(lambda: print('handlers ran'));"
+        "from modelyard.__main__ import run; sys.argv = ['modelyard', *sys.argv[1:]]; run()"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # block-buffered
+    for name in ("one", "two"):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                script,
+                "init",
+                str(tmp_path / "p"),
+                "--task",
+                "binary",
+                "--name",
+                name,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        if name == "one":
+            assert proc.returncode == 0, proc.stderr
+            assert "wrote" in proc.stdout and "modelyard train" in proc.stdout
+            assert proc.stdout.rstrip().endswith("handlers ran")
+        else:  # the config exists now: a clear error, status 2
+            assert proc.returncode == 2 and "already exists" in proc.stderr
+            assert "handlers ran" in proc.stdout
