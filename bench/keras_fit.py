@@ -270,10 +270,11 @@ def run_modelyard(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 
 # A process that imports torch and takes one Adam step: torch.optim's step imports torch._dynamo,
-# so this is what any PyTorch training command pays before its first batch.
+# so this is what any PyTorch training command pays before its first batch. It ends as modelyard's
+# command does, without the interpreter's teardown (os._exit).
 TORCH_STARTUP = (
-    "import torch; m = torch.nn.Linear(2, 1); o = torch.optim.Adam(m.parameters(), fused=True); "
-    "m(torch.zeros(1, 2)).sum().backward(); o.step()"
+    "import os, torch; m = torch.nn.Linear(2, 1); o = torch.optim.Adam(m.parameters(), fused=True);"
+    " m(torch.zeros(1, 2)).sum().backward(); o.step(); os._exit(0)"
 )
 
 
