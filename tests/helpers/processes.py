@@ -46,32 +46,43 @@ def child_process(
             child.wait(timeout=300)
 
 
-def children(pid: int) -> list[int]:
-    """The live child processes of ``pid`` (Linux /proc; empty elsewhere)."""
-    found = []
+def descendants(pid: int) -> list[int]:
+    """The live processes below ``pid``, children and theirs (Linux /proc; empty elsewhere)."""
+    parent: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
             # the command name in parentheses may hold spaces: the fields after the last ")"
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
+            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, ppid in parent.items() if ppid in frontier]
+        found += frontier
     return found
+
+
+def is_rank(pid: int) -> bool:
+    """Whether ``pid`` is a process torchrun started (``LOCAL_RANK`` in its environment)."""
+    with contextlib.suppress(OSError):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        return any(entry.startswith(b"LOCAL_RANK=") for entry in environ)
+    return False
 
 
 def run_bounded(
     cmd: Sequence[str], *, timeout: float, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:
     """``subprocess.run(cmd, capture_output=True, text=True)`` that, past ``timeout``, asks the
-    children to print their stacks (SIGUSR1: a torchrun rank's faulthandler), kills the process
-    and its children, and fails the test with their stderr: a stuck run says where it stuck and
-    leaves no orphan behind."""
+    torchrun ranks below it to print their stacks (SIGUSR1: the ranks' faulthandler), kills the
+    process and everything below it, and fails the test with their stderr: a stuck run says
+    where it stuck and leaves no orphan behind."""
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
     ) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            stuck = children(proc.pid)
-            for pid in stuck:
+            stuck = descendants(proc.pid)
+            for pid in filter(is_rank, stuck):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGUSR1)
             time.sleep(2)
