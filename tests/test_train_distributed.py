@@ -14,13 +14,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import yaml
-from helpers.processes import run_bounded
+from helpers.processes import kill_tree, run_bounded
 from helpers.synthetic import write_synthetic
 from helpers.weights import assert_same_weights, weights
 
@@ -175,6 +176,9 @@ def test_killed_two_process_run_resumes_to_identical_weights(tmp_path: Path) -> 
     def rank_pids() -> list[int]:
         return [int(p.read_text()) for p in sorted(tmp_path.glob("rank*.pid"))]
 
+    # a run stuck before READY: its ranks' stacks, then the whole tree killed (stdout ends)
+    watchdog = threading.Timer(300, kill_tree, [proc.pid])
+    watchdog.start()
     try:
         assert proc.stdout is not None
         for line in proc.stdout:  # blocks until rank 0 is past the checkpoint, no sleeping
@@ -184,6 +188,7 @@ def test_killed_two_process_run_resumes_to_identical_weights(tmp_path: Path) -> 
             pytest.fail(proc.stderr.read() if proc.stderr else "no READY")
         assert len(rank_pids()) == 2
     finally:
+        watchdog.cancel()
         # kill -9 the launcher and both ranks (each in a session of its own): the crash under
         # test, and on failure no orphaned rank left holding the pipes
         for pid in [proc.pid, *rank_pids()]:

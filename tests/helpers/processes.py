@@ -68,27 +68,32 @@ def is_rank(pid: int) -> bool:
     return False
 
 
+def kill_tree(pid: int) -> None:
+    """Ask the torchrun ranks below ``pid`` for their stacks (SIGUSR1: the ranks' faulthandler
+    writes them to their stderr), then SIGKILL ``pid`` and everything below it."""
+    stuck = descendants(pid)
+    for rank in filter(is_rank, stuck):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rank, signal.SIGUSR1)
+    time.sleep(2)
+    for victim in [pid, *stuck]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+
+
 def run_bounded(
     cmd: Sequence[str], *, timeout: float, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:
-    """``subprocess.run(cmd, capture_output=True, text=True)`` that, past ``timeout``, asks the
-    torchrun ranks below it to print their stacks (SIGUSR1: the ranks' faulthandler), kills the
-    process and everything below it, and fails the test with their stderr: a stuck run says
-    where it stuck and leaves no orphan behind."""
+    """``subprocess.run(cmd, capture_output=True, text=True)`` that, past ``timeout``, kills the
+    process tree (:func:`kill_tree`) and fails the test with its stderr: a stuck run says where
+    its ranks stuck and leaves no orphan behind."""
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
     ) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            stuck = descendants(proc.pid)
-            for pid in filter(is_rank, stuck):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGUSR1)
-            time.sleep(2)
-            for pid in [proc.pid, *stuck]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            kill_tree(proc.pid)
             out, err = proc.communicate(timeout=60)
             pytest.fail(f"{' '.join(cmd)} ran past {timeout} s; its stderr:\n{err[-20000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
