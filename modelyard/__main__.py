@@ -1,11 +1,11 @@
 """``python -m modelyard`` and the ``modelyard`` console script: run the command, exit quickly.
 
 A command that imported torch leaves about 2,300 modules behind; tearing them down at
-interpreter exit takes a second after a training run (measured: ``modelyard train`` of the seed
-recipe ends 1.0–1.3 s sooner). So once the command has returned, the exit handlers run and the
-standard streams are flushed as at a normal exit, and the process then ends without the
-teardown. Every file modelyard writes is closed (and fsynced) by then. An exception still ends
-the process the normal way, with its traceback.
+interpreter exit takes about a second after a training run (measured back to back: ``modelyard
+train`` of the seed recipe ends 0.4–1.3 s sooner). So once the command has returned, the exit
+handlers run and the standard streams are flushed as at a normal exit, and the process then ends
+without the teardown. Every file modelyard writes is closed (and fsynced) by then. An exception
+still ends the process the normal way, with its traceback.
 """
 
 from __future__ import annotations
