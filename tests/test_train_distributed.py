@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,9 @@ def test_killed_two_process_run_resumes_to_identical_weights(tmp_path: Path) -> 
         else:
             pytest.fail(proc.stderr.read() if proc.stderr else "no READY")
         assert len(rank_pids()) == 2
+        for pid in rank_pids():  # a rank that seems stuck prints its threads' stacks
+            os.kill(pid, signal.SIGUSR1)
+        time.sleep(1)  # the dumps are written from the signal handler, at once
     finally:
         watchdog.cancel()
         # kill -9 the launcher and both ranks (each in a session of its own): the crash under
@@ -194,7 +198,8 @@ def test_killed_two_process_run_resumes_to_identical_weights(tmp_path: Path) -> 
         for pid in [proc.pid, *rank_pids()]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=60)
+    assert stderr.count("Current thread 0x") == 2, stderr[-4000:]  # one dump per rank
     run_dir = tmp_path / "runs" / "crashed"
     state = load_state(run_dir / "checkpoints" / "last.state.pt")
     assert state["progress"]["epoch"] == 1 and state["progress"]["step_in_epoch"] > 0
