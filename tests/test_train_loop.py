@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 from helpers.synthetic import write_synthetic
-from helpers.weights import assert_same_weights, weights
+from helpers.weights import assert_same_weights, weights, without_timing
 
 import modelyard
 from modelyard.config import Config, dump_config, load_config
@@ -222,11 +222,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path: Path) -> None:
     assert_same_weights(weights(resumed.dir), weights(uninterrupted.dir))
     assert_same_weights(weights(resumed.dir, "best"), weights(uninterrupted.dir, "best"))
 
-    def stable(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "samples_per_s")}
-                for r in history]  # fmt: skip
-
-    assert stable(resumed.history) == stable(uninterrupted.history)
+    assert without_timing(resumed.history) == without_timing(uninterrupted.history)
     assert len(resumed.history) == 3
 
 

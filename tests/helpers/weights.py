@@ -1,8 +1,11 @@
-"""Checkpoint weights as saved on disk, and an exact comparison of two sets of them."""
+"""Checkpoint weights as saved on disk, an exact comparison of two sets of them, and a run's
+history without its wall-clock fields (what a resumed run must reproduce exactly)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -18,3 +21,11 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+TIMING_KEYS = ("epoch_time_s", "samples_per_s")
+
+
+def without_timing(history: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Epoch records minus the wall-clock fields, which differ from run to run."""
+    return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in history]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from helpers.processes import child_process
 from helpers.synthetic import write_synthetic
-from helpers.weights import assert_same_weights, weights
+from helpers.weights import assert_same_weights, weights, without_timing
 from safetensors.torch import load_file
 
 from modelyard.config import dump_config, load_config
@@ -156,11 +156,7 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(tmp_path: Path, re
     assert_same_weights(weights(resumed.dir), weights(uninterrupted.dir))
     assert_same_weights(weights(resumed.dir, "best"), weights(uninterrupted.dir, "best"))
 
-    def stable(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "samples_per_s")}
-                for r in history]  # fmt: skip
-
-    assert stable(resumed.history) == stable(uninterrupted.history)
+    assert without_timing(resumed.history) == without_timing(uninterrupted.history)
     assert _temp_files(run_dir) == []
     reliability.record(
         "lost",
