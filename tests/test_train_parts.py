@@ -6,6 +6,7 @@ import math
 import random
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,6 +34,7 @@ from modelyard.training.checkpoint import (
     set_rng_state,
 )
 from modelyard.training.distributed import World
+from modelyard.training.environment import torch_settings
 from modelyard.training.epochs import train_step
 from modelyard.training.losses import build_loss, class_weights
 from modelyard.training.optim import (
@@ -319,3 +321,14 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
     curves = plot_learning_curves(history, tmp_path / "curves.png")
     for png in (cm, curves):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_torch_settings_turn_fills_off_keep_determinism_and_restore() -> None:
+    determinism: Any = torch.utils.deterministic
+    before = (torch.are_deterministic_algorithms_enabled(), determinism.fill_uninitialized_memory)
+    config: Any = SimpleNamespace(train=TrainConfig(num_threads=None))
+    with torch_settings(config):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert determinism.fill_uninitialized_memory is False
+    after = (torch.are_deterministic_algorithms_enabled(), determinism.fill_uninitialized_memory)
+    assert after == before
