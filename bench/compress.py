@@ -26,7 +26,7 @@ from pathlib import Path
 from modelyard.compress import compress
 from modelyard.config import load_config
 from modelyard.measure import Measurement, format_table
-from modelyard.metrics import PRIMARY_METRIC
+from modelyard.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_INT8_RATIO = 0.30  # the bar: int8 bundle <= 30% of fp32 ...
@@ -99,7 +99,7 @@ def main() -> None:
         throughput_batches=args.throughput_batches,
     )
     compress_s = time.perf_counter() - t1
-    metric = PRIMARY_METRIC[str(config.task)]
+    metric = get_task(config.task).primary_metric
     model = config.model.model_dump()
     print()
     print(f"model: {model}")

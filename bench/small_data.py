@@ -172,7 +172,7 @@ def baseline(config: Config) -> tuple[dict[str, float], float]:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression, Ridge
 
-    from modelyard.metrics import compute_metrics
+    from modelyard.tasks import compute_metrics
 
     t0 = time.perf_counter()
     splits = load_splits(config)

@@ -47,7 +47,7 @@ from torch import nn
 
 from modelyard.config import load_config
 from modelyard.data import load_splits
-from modelyard.metrics import compute_metrics
+from modelyard.tasks import compute_metrics
 from modelyard.tokenize import build_tokenizer, encode, pad_batch
 from modelyard.training import environment, epochs, prepare, recipe
 

@@ -23,9 +23,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from modelyard.config import TASKS
 from modelyard.errors import BundleError
 from modelyard.staging import make_staging_dir, remove_stale_staging
+from modelyard.tasks import TASKS
 from modelyard.versions import (
     MANIFEST_FILE,
     VersionRef,
@@ -36,12 +36,6 @@ from modelyard.versions import (
 )
 
 SCHEMA_VERSION = 1
-ACTIVATIONS: dict[str, str] = {
-    "binary": "sigmoid",
-    "multiclass": "softmax",
-    "multilabel": "sigmoid",
-    "regression": "identity",
-}
 PaddingSide = Literal["left", "right"]
 _MAX_RENAME_TRIES = 100
 
@@ -152,21 +146,20 @@ class Manifest:
     def _check(self, where: str) -> None:
         """Reject field values the runtime could misread into a wrong prediction."""
         problems = []
-        if self.task not in TASKS:
+        task = TASKS.get(self.task)
+        if task is None:
             problems.append(f"unknown task {self.task!r}")
         if not isinstance(self.version, int) or self.version < 1:
             problems.append(f"version must be a positive integer, got {self.version!r}")
         if not isinstance(self.labels, list) or not all(isinstance(x, str) for x in self.labels):
             problems.append("labels must be a list of strings")
-        elif self.task in ("multiclass", "multilabel") and len(self.labels) != self.num_outputs:
-            problems.append(f"{len(self.labels)} labels for {self.num_outputs} outputs")
-        elif self.task == "binary" and (len(self.labels) != 2 or self.num_outputs != 1):
-            problems.append("a binary bundle needs 2 labels and 1 output")
+        elif task is not None:
+            problems += task.manifest_problems(self.labels, self.num_outputs)
         activation = self.postprocess.activation
-        if self.task in ACTIVATIONS and activation != ACTIVATIONS[self.task]:
+        if task is not None and activation != task.activation:
             problems.append(
                 f"activation {activation!r} does not fit task {self.task!r} "
-                f"(expected {ACTIVATIONS[self.task]!r})"
+                f"(expected {task.activation!r})"
             )
         threshold = self.postprocess.threshold
         if not _is_number(threshold) or not 0.0 < threshold < 1.0:

@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from modelyard.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC
+from modelyard.metrics import higher_is_better
+from modelyard.tasks import primary_metrics
 
 if TYPE_CHECKING:
     from modelyard.config import TargetConfig
@@ -279,9 +280,9 @@ def _key(value: float) -> float:
 def _infer_higher_is_better(variants: Sequence[Measurement]) -> bool:
     """Which way the score points: the primary metric whose value the score is."""
     for m in variants:
-        for metric in dict.fromkeys(PRIMARY_METRIC.values()):
+        for metric in primary_metrics():
             if metric in m.metrics and m.metrics[metric] == m.score:
-                return HIGHER_IS_BETTER(metric)
+                return higher_is_better(metric)
     return True
 
 

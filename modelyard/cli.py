@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from modelyard import __version__
-from modelyard.config import TASKS
 from modelyard.config.deploy import add_serve_flags, serve_overrides
 from modelyard.errors import ModelyardError, RunError
 from modelyard.logs import setup_logging
 from modelyard.metrics import proportion_interval
 from modelyard.runs import is_run_dir
+from modelyard.tasks import task_names
 
 log = logging.getLogger("modelyard.cli")
 
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="write a commented starter config for a task")
     p.add_argument("dir", help="directory to create (holds config.yaml)")
-    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--task", required=True, choices=task_names())
     p.add_argument("--name", help="run name (default: the directory's name)")
     p.add_argument("--force", action="store_true", help="overwrite an existing config.yaml")
     p.set_defaults(func=cmd_init)

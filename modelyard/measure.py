@@ -19,14 +19,8 @@ import numpy as np
 
 from modelyard.bundle import Manifest
 from modelyard.errors import BundleError, DataError
-from modelyard.metrics import (
-    HIGHER_IS_BETTER,
-    PRIMARY_METRIC,
-    compute_metrics,
-    finite_or_none,
-    json_safe,
-    proportion_interval,
-)
+from modelyard.metrics import finite_or_none, higher_is_better, json_safe, proportion_interval
+from modelyard.tasks import compute_metrics, get_task, primary_metrics
 
 MIB = 2**20
 LATENCY_BATCH = 1
@@ -62,7 +56,7 @@ class Measurement:
         p99_ms: 99th percentile of the same.
         throughput: texts per second at batch 32, tokenization included.
         metrics: every task metric on the selection texts (``selected_on``).
-        score: the task's primary metric on them (``metrics[PRIMARY_METRIC[task]]``).
+        score: the task's primary metric on them (``metrics[get_task(task).primary_metric]``).
         drop: points lost against the reference (positive = worse): ``100 * (ref - score)``
             for a higher-is-better metric, the relative increase in percent
             ``100 * (score - ref) / ref`` for a lower-is-better one (rmse). 0 for the reference.
@@ -142,7 +136,7 @@ def variant_name(manifest: Manifest) -> str:
 
 def accuracy_drop(metric: str, score: float, reference: float) -> float:
     """Points lost from ``reference`` to ``score`` (positive = worse); see :class:`Measurement`."""
-    if HIGHER_IS_BETTER(metric):
+    if higher_is_better(metric):
         return 100.0 * (reference - score)
     if reference == 0:
         return 0.0 if score == 0 else float("inf")
@@ -155,7 +149,7 @@ def rejection(metric: str, drop: float, max_drop: float) -> str | None:
         return None
     if not math.isfinite(drop):
         return f"{metric} is not finite against the reference"
-    unit = "points" if HIGHER_IS_BETTER(metric) else "% worse"
+    unit = "points" if higher_is_better(metric) else "% worse"
     return f"{metric} drop {drop:.2f} {unit} > {max_drop:g}"
 
 
@@ -216,7 +210,7 @@ def measure_bundle(
         )
     metrics = _metrics(predictor, texts, targets, task, labels)
     test_metrics = _metrics(predictor, test.texts, test.targets, task, labels) if test else {}
-    metric = PRIMARY_METRIC[task]
+    metric = get_task(task).primary_metric
     score = float(metrics[metric])
     drop = 0.0 if reference is None else accuracy_drop(metric, score, reference)
     p50, p99 = _latency(predictor, texts, latency_runs)
@@ -247,8 +241,6 @@ def _metrics(
     if not len(texts):
         return {}
     scores = predictor.infer(predictor.encode(list(texts)))
-    if task in ("binary", "regression"):
-        scores = scores[:, 0]  # (N,): one probability or value per text
     threshold = predictor.manifest.postprocess.threshold
     found = compute_metrics(task, targets, scores, list(labels), threshold=threshold)
     return {k: float(v) for k, v in found.items()}
@@ -318,7 +310,7 @@ def format_table(measurements: Sequence[Measurement], *, metric: str | None = No
 
 
 def _primary(m: Measurement) -> str:
-    return next((k for k in PRIMARY_METRIC.values() if m.metrics.get(k) == m.score), "score")
+    return next((k for k in primary_metrics() if m.metrics.get(k) == m.score), "score")
 
 
 def format_test_score(m: Measurement, metric: str) -> str:

@@ -1,4 +1,5 @@
-"""Evaluation metrics for every task, in numpy only (the serving side imports this too).
+"""Metric kernels in numpy only (the serving side imports this too); which of them a task
+reports, on which score layout, is the task's business (:mod:`modelyard.tasks`).
 
 Conventions: a ratio whose denominator is zero (precision with no predicted positives, recall
 with no true positives, F1 with both zero) is 0.0, without a warning. Macro averages run over
@@ -13,22 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PRIMARY_METRIC: dict[str, str] = {
-    "binary": "accuracy",
-    "multiclass": "accuracy",
-    "multilabel": "micro_f1",
-    "regression": "rmse",
-}
-METRICS_BY_TASK: dict[str, tuple[str, ...]] = {
-    "binary": ("accuracy", "precision", "recall", "f1", "macro_f1", "roc_auc"),
-    "multiclass": ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1"),
-    "multilabel": ("subset_accuracy", "micro_f1", "macro_f1", "hamming_loss"),
-    "regression": ("mae", "rmse", "r2"),
-}
 _LOWER_IS_BETTER = {"mae", "rmse", "mse", "hamming_loss"}
 
 
-def HIGHER_IS_BETTER(name: str) -> bool:  # upper case: the name is fixed by the shared contract
+def higher_is_better(name: str) -> bool:
     """Whether a larger value of metric ``name`` is better.
 
     A ``val_``/``test_`` prefix is ignored; losses, errors and ``hamming_loss`` are lower-better.
@@ -48,118 +37,120 @@ class ClassReport:
     support: int
 
 
-def compute_metrics(
-    task: str,
-    targets: np.ndarray,
-    scores: np.ndarray,
-    labels: Sequence[str],
-    threshold: float = 0.5,
-) -> dict[str, float]:
-    """The task's metrics (see :data:`METRICS_BY_TASK`) for model outputs against targets.
+@dataclass(frozen=True)
+class ClassCounts:
+    """Per-class true positives, false positives, false negatives and support, (C,) each."""
+
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+    support: np.ndarray
+
+    @classmethod
+    def of_ids(cls, t: np.ndarray, p: np.ndarray, n: int) -> ClassCounts:
+        """Counts for one class id per example (``t`` true, ``p`` predicted, ``n`` classes)."""
+        tp = np.bincount(t[t == p], minlength=n)[:n]
+        pred = np.bincount(p, minlength=n)[:n]
+        support = np.bincount(t, minlength=n)[:n]
+        return cls(tp, pred - tp, support - tp, support)
+
+    @classmethod
+    def of_sets(cls, t: np.ndarray, p: np.ndarray) -> ClassCounts:
+        """Counts for a yes/no decision per label: ``t`` and ``p`` bool (N, C)."""
+        return cls(
+            np.sum(t & p, axis=0), np.sum(~t & p, axis=0), np.sum(t & ~p, axis=0), np.sum(t, axis=0)
+        )
+
+    def scores(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Precision, recall and F1 per class (0 where a denominator is 0)."""
+        tp = self.tp.astype(np.float64)
+        prec = _safe_div(tp, tp + self.fp)
+        rec = _safe_div(tp, tp + self.fn)
+        f1 = _safe_div(2 * tp, 2 * tp + self.fp + self.fn)
+        return prec, rec, f1
+
+    def reports(self, labels: Sequence[str]) -> list[ClassReport]:
+        """One :class:`ClassReport` per class, in ``labels`` order."""
+        prec, rec, f1 = self.scores()
+        return [
+            ClassReport(
+                str(name), float(prec[i]), float(rec[i]), float(f1[i]), int(self.support[i])
+            )
+            for i, name in enumerate(labels)
+        ]
+
+
+def binary_metrics(t: np.ndarray, p: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """accuracy, precision / recall / F1 of class 1, macro F1 and ROC AUC.
 
     Args:
-        task: ``binary``, ``multiclass``, ``multilabel`` or ``regression``.
-        targets: as :meth:`LabelSpace.encode` makes them: binary (N,) in {0,1}; multiclass (N,)
-            class ids; multilabel (N,C) multi-hot; regression (N,) values.
-        scores: binary (N,) or (N,1) probability of ``labels[1]``; multiclass (N,C) class
-            probabilities; multilabel (N,C) per-label probabilities; regression (N,) or (N,1)
-            predicted values.
-        labels: the class names (unused for regression).
-        threshold: binary / multilabel decision threshold on the probability.
-
-    Returns:
-        Metric name → value as a Python float. ``roc_auc`` is NaN when the targets hold only one
-        class (it is undefined then); everything else is finite.
+        t, p: true and predicted class ids (N,) in {0, 1}.
+        scores: (N,) probability of class 1 (for ROC AUC).
     """
-    if task == "regression":
-        return _regression(_flat(targets).astype(np.float64), _flat(scores).astype(np.float64))
-    if task == "multilabel":
-        t = np.asarray(targets) > 0.5
-        p = np.asarray(scores) >= threshold
-        return _multilabel(t, p)
-    t, p = _class_ids(task, targets, scores, labels, threshold)
-    n_classes = max(len(labels), 2)
-    tp, fp, fn, support = _counts(t, p, n_classes)
-    prec, rec, f1 = _prf(tp, fp, fn)
-    present = (support > 0) | ((tp + fp) > 0)
-    accuracy = _div(float(np.sum(t == p)), len(t))
-    if task == "binary":
-        return {
-            "accuracy": accuracy,
-            "precision": float(prec[1]),
-            "recall": float(rec[1]),
-            "f1": float(f1[1]),
-            "macro_f1": _mean(f1[present]),
-            "roc_auc": roc_auc(t, _flat(scores)),
-        }
-    if task == "multiclass":
-        return {
-            "accuracy": accuracy,
-            "macro_precision": _mean(prec[present]),
-            "macro_recall": _mean(rec[present]),
-            "macro_f1": _mean(f1[present]),
-            "weighted_f1": _div(float(np.sum(f1 * support)), int(support.sum())),
-        }
-    raise ValueError(f"unknown task '{task}'")
+    counts = ClassCounts.of_ids(t, p, 2)
+    prec, rec, f1 = counts.scores()
+    present = (counts.support > 0) | ((counts.tp + counts.fp) > 0)
+    return {
+        "accuracy": _div(float(np.sum(t == p)), len(t)),
+        "precision": float(prec[1]),
+        "recall": float(rec[1]),
+        "f1": float(f1[1]),
+        "macro_f1": _mean(f1[present]),
+        "roc_auc": roc_auc(t, scores),
+    }
 
 
-def per_class_report(
-    task: str,
-    targets: np.ndarray,
-    scores: np.ndarray,
-    labels: Sequence[str],
-    threshold: float = 0.5,
-) -> list[ClassReport]:
-    """Precision, recall, F1 and support of every class, in ``labels`` order.
-
-    Args:
-        task: binary (both classes are reported), multiclass or multilabel (each label is
-            reported as its own yes/no decision); regression has no classes and gives [].
-        targets, scores, labels, threshold: as for :func:`compute_metrics`.
-
-    Returns:
-        One :class:`ClassReport` per class.
-    """
-    if task == "regression":
-        return []
-    if task == "multilabel":
-        t = np.asarray(targets) > 0.5
-        p = np.asarray(scores) >= threshold
-        tp = np.sum(t & p, axis=0)
-        fp = np.sum(~t & p, axis=0)
-        fn = np.sum(t & ~p, axis=0)
-        support = np.sum(t, axis=0)
-    else:
-        ti, pi = _class_ids(task, targets, scores, labels, threshold)
-        tp, fp, fn, support = _counts(ti, pi, max(len(labels), 2))
-    prec, rec, f1 = _prf(tp, fp, fn)
-    return [
-        ClassReport(str(name), float(prec[i]), float(rec[i]), float(f1[i]), int(support[i]))
-        for i, name in enumerate(labels)
-    ]
+def multiclass_metrics(t: np.ndarray, p: np.ndarray, n_classes: int) -> dict[str, float]:
+    """accuracy, macro precision / recall / F1 and support-weighted F1 of class ids (N,)."""
+    counts = ClassCounts.of_ids(t, p, n_classes)
+    prec, rec, f1 = counts.scores()
+    present = (counts.support > 0) | ((counts.tp + counts.fp) > 0)
+    support = counts.support
+    return {
+        "accuracy": _div(float(np.sum(t == p)), len(t)),
+        "macro_precision": _mean(prec[present]),
+        "macro_recall": _mean(rec[present]),
+        "macro_f1": _mean(f1[present]),
+        "weighted_f1": _div(float(np.sum(f1 * support)), int(support.sum())),
+    }
 
 
-def confusion_matrix(
-    task: str,
-    targets: np.ndarray,
-    scores: np.ndarray,
-    labels: Sequence[str],
-    threshold: float = 0.5,
-) -> np.ndarray:
-    """Counts of (true class, predicted class) pairs.
+def multilabel_metrics(t: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """subset accuracy, micro / macro F1 and Hamming loss of label sets, bool (N, C)."""
+    n = t.shape[0]
+    counts = ClassCounts.of_sets(t, p)
+    tp, fp, fn = counts.tp, counts.fp, counts.fn
+    _, _, f1 = counts.scores()
+    present = (tp + fp + fn) > 0
+    micro = _div(2.0 * tp.sum(), float(2 * tp.sum() + fp.sum() + fn.sum()))
+    return {
+        "subset_accuracy": _div(float(np.all(t == p, axis=1).sum()), n),
+        "micro_f1": micro,
+        "macro_f1": _mean(f1[present]),
+        "hamming_loss": float(np.mean(t != p)) if t.size else 0.0,
+    }
 
-    Args:
-        task: ``binary`` or ``multiclass`` (multilabel and regression have no single predicted
-            class; use :func:`per_class_report`).
-        targets, scores, labels, threshold: as for :func:`compute_metrics`.
 
-    Returns:
-        int64 (C, C): rows are the true class, columns the predicted class, in ``labels`` order.
-    """
-    if task not in ("binary", "multiclass"):
-        raise ValueError(f"a confusion matrix needs a binary or multiclass task, got '{task}'")
-    t, p = _class_ids(task, targets, scores, labels, threshold)
-    n = max(len(labels), 2)
+def regression_metrics(t: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE and R² of predicted values ``p`` against targets ``t``, (N,) each."""
+    t = np.asarray(t, dtype=np.float64).reshape(-1)
+    p = np.asarray(p, dtype=np.float64).reshape(-1)
+    if not len(t):
+        return {"mae": 0.0, "rmse": 0.0, "r2": 0.0}
+    err = p - t
+    ss_res = float(np.sum(err**2))
+    ss_tot = float(np.sum((t - t.mean()) ** 2))
+    # a constant target: perfect predictions score 1, anything else 0 (scikit-learn's choice)
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
+    return {
+        "mae": float(np.mean(np.abs(err))),
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "r2": r2,
+    }
+
+
+def confusion_counts(t: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
+    """int64 (n, n) counts of (true class, predicted class) pairs; rows are the true class."""
     return np.bincount(t * n + p, minlength=n * n).reshape(n, n).astype(np.int64)
 
 
@@ -244,48 +235,6 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _flat(a: np.ndarray) -> np.ndarray:
-    return np.asarray(a).reshape(-1)
-
-
-def _class_ids(
-    task: str, targets: np.ndarray, scores: np.ndarray, labels: Sequence[str], threshold: float
-) -> tuple[np.ndarray, np.ndarray]:
-    if task == "binary":
-        t = (_flat(targets) > 0.5).astype(np.int64)
-        p = (_flat(scores) >= threshold).astype(np.int64)
-    elif task == "multiclass":
-        t = _flat(targets).astype(np.int64)
-        s = np.asarray(scores)
-        p = (
-            np.argmax(s, axis=1).astype(np.int64)
-            if s.ndim == 2 and len(s)
-            else np.zeros(len(t), dtype=np.int64)
-        )
-    else:
-        raise ValueError(f"task '{task}' has no single class per example")
-    return t, p
-
-
-def _counts(
-    t: np.ndarray, p: np.ndarray, n: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    tp = np.bincount(t[t == p], minlength=n)[:n]
-    pred = np.bincount(p, minlength=n)[:n]
-    support = np.bincount(t, minlength=n)[:n]
-    return tp, pred - tp, support - tp, support
-
-
-def _prf(
-    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    tp = tp.astype(np.float64)
-    prec = _safe_div(tp, tp + fp)
-    rec = _safe_div(tp, tp + fn)
-    f1 = _safe_div(2 * tp, 2 * tp + fp + fn)
-    return prec, rec, f1
-
-
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)
@@ -300,37 +249,6 @@ def _div(num: float, den: float) -> float:
 
 def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else 0.0
-
-
-def _multilabel(t: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    n = t.shape[0]
-    tp = np.sum(t & p, axis=0)
-    fp = np.sum(~t & p, axis=0)
-    fn = np.sum(t & ~p, axis=0)
-    _, _, f1 = _prf(tp, fp, fn)
-    present = (tp + fp + fn) > 0
-    micro = _div(2.0 * tp.sum(), float(2 * tp.sum() + fp.sum() + fn.sum()))
-    return {
-        "subset_accuracy": _div(float(np.all(t == p, axis=1).sum()), n),
-        "micro_f1": micro,
-        "macro_f1": _mean(f1[present]),
-        "hamming_loss": float(np.mean(t != p)) if t.size else 0.0,
-    }
-
-
-def _regression(t: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    if not len(t):
-        return {"mae": 0.0, "rmse": 0.0, "r2": 0.0}
-    err = p - t
-    ss_res = float(np.sum(err**2))
-    ss_tot = float(np.sum((t - t.mean()) ** 2))
-    # a constant target: perfect predictions score 1, anything else 0 (scikit-learn's choice)
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
-    return {
-        "mae": float(np.mean(np.abs(err))),
-        "rmse": float(np.sqrt(np.mean(err**2))),
-        "r2": r2,
-    }
 
 
 def finite_or_none(value: object) -> object:

@@ -24,8 +24,9 @@ from modelyard.bundle import Bundle, write_bundle
 from modelyard.choice import Choice, choose
 from modelyard.errors import ModelyardError
 from modelyard.measure import LabelledTexts, Measurement, format_test_score, measure_bundle
-from modelyard.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC, finite_or_none
+from modelyard.metrics import finite_or_none, higher_is_better
 from modelyard.staging import staging_dir
+from modelyard.tasks import get_task
 
 if TYPE_CHECKING:
     from modelyard.config import Config
@@ -98,9 +99,8 @@ def run_pipeline(config: Config, *, overwrite: bool = False, echo: bool = True) 
     """
     from modelyard.training import train
 
-    task = str(config.task)
-    metric = PRIMARY_METRIC[task]
-    higher = HIGHER_IS_BETTER(metric)
+    metric = get_task(config.task).primary_metric
+    higher = higher_is_better(metric)
     notes: list[str] = []
 
     log.info("run %s: training", config.name)
@@ -130,10 +130,7 @@ def _evaluation_images(run: Run, source: str) -> dict[str, Path]:
     """Learning curves and confusion matrix; evaluate on the validation split when the config
     has no test file (training only evaluates a test file)."""
     eval_dir = run.paths.eval_dir
-    if (
-        run.config.task in ("binary", "multiclass")
-        and not (eval_dir / "confusion_matrix.png").is_file()
-    ):
+    if get_task(run.task).has_confusion and not (eval_dir / "confusion_matrix.png").is_file():
         from modelyard.training.evaluation import evaluate
 
         evaluate(run)
@@ -335,7 +332,7 @@ def _write_variants(
         "run": run.config.name,
         "task": run.task,
         "metric": metric,
-        "higher_is_better": HIGHER_IS_BETTER(metric),
+        "higher_is_better": higher_is_better(metric),
         "reference": finite_or_none(reference),
         "variants": [m.to_dict() for m in variants],
         "choices": {name: c.to_dict() for name, c in choices.items()},
@@ -387,7 +384,7 @@ def _write_report(
         notes=notes,
         created_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         run_dir=str(run.dir),
-        higher_is_better=HIGHER_IS_BETTER(metric),
+        higher_is_better=higher_is_better(metric),
         test_size=run.test_size,
     )
     return write_report(content, run.dir / REPORT_FILE)

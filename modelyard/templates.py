@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-from modelyard.config import TASKS
-
-_DATA = {
-    "binary": ("label", "two classes, e.g. positive/negative"),
-    "multiclass": ("label", "one class per row, string or integer"),
-    "multilabel": ("labels", 'a JSON list, or one string with labels separated by "|"'),
-    "regression": ("score", "a number"),
-}
-_LOSS = {
-    "binary": "auto            # binary cross-entropy; or focal",
-    "multiclass": "auto            # cross-entropy; or {name: cross_entropy, label_smoothing: 0.1}",
-    "multilabel": "auto            # binary cross-entropy per label",
-    "regression": "auto            # mse; or huber",
-}
-_MONITOR = {
-    "binary": "val_accuracy",
-    "multiclass": "val_accuracy",
-    "multilabel": "val_micro_f1",
-    "regression": "val_rmse",
-}
+from modelyard.tasks import get_task
 
 
 def starter_config(task: str, name: str) -> str:
-    """A commented starter config for ``task``; every key is a real config key."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
-    label, label_help = _DATA[task]
+    """A commented starter config for ``task``; every key is a real config key.
+
+    Raises:
+        ValueError: unknown task; the message lists the registered ones.
+    """
+    kind = get_task(task)
+    label, label_help = kind.starter.label_column, kind.starter.label_help
     return f"""# modelyard config for a {task} text model. Train it with:
 #   modelyard train {name}/config.yaml        (override any key: --set train.epochs=3)
 name: {name}
@@ -64,9 +48,9 @@ model:
 train:
   optimizer: {{name: adam, lr: 0.001}}   # sgd | adam | adamw | rmsprop | adagrad
   schedule: {{name: constant}}           # constant | linear | cosine | plateau
-  loss: {_LOSS[task]}
+  loss: {kind.starter.loss_comment}
   epochs: 10
   batch_size: 32
-  monitor: {_MONITOR[task]:<21} # picks the best checkpoint
-  early_stopping: {{monitor: {_MONITOR[task]}, patience: 3}}
+  monitor: {kind.monitor:<21} # picks the best checkpoint
+  early_stopping: {{monitor: {kind.monitor}, patience: 3}}
 """

@@ -23,11 +23,11 @@ from helpers.synthetic import BAD, FILLER, GOOD, write_rows
 
 from modelyard.batch_predict import predict_file
 from modelyard.bundle import Bundle, sha256_file
-from modelyard.config import MODEL_KINDS, TASKS, load_config
+from modelyard.config import MODEL_KINDS, load_config
 from modelyard.errors import BundleError
 from modelyard.exporters import export
-from modelyard.metrics import PRIMARY_METRIC
 from modelyard.runtime import evaluate_bundle, load
+from modelyard.tasks import get_task, task_names
 from modelyard.training import predict_texts
 from modelyard.versions import list_versions
 
@@ -118,7 +118,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     return Runs(tmp_path_factory.mktemp("export"))
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", task_names())
 # the pretrained kind needs a model directory: test_models_pretrained.py round-trips it
 @pytest.mark.parametrize("kind", [k for k in MODEL_KINDS if k != "pretrained"])
 def test_bundle_matches_run(runs: Runs, kind: str, task: str) -> None:
@@ -140,7 +140,7 @@ def test_bundle_matches_run(runs: Runs, kind: str, task: str) -> None:
     got = evaluate_bundle(bundle.path, test)
     want = run.test_metrics
     assert want is not None
-    primary = PRIMARY_METRIC[task]
+    primary = get_task(task).primary_metric
     scale = max(1.0, abs(want[primary])) if task == "regression" else 1.0
     assert got[primary] == pytest.approx(want[primary], abs=METRIC_ATOL * scale)
     assert manifest.metrics is not None

@@ -7,19 +7,23 @@ import math
 import numpy as np
 import pytest
 
-from modelyard.metrics import (
-    HIGHER_IS_BETTER,
-    METRICS_BY_TASK,
-    PRIMARY_METRIC,
-    ClassReport,
-    compute_metrics,
-    confusion_matrix,
-    format_class_table,
-    per_class_report,
-    roc_auc,
-)
+from modelyard.metrics import ClassReport, format_class_table, higher_is_better, roc_auc
+from modelyard.tasks import compute_metrics, get_task, per_class_report
 
 pytestmark = pytest.mark.unit
+
+METRICS_BY_TASK = {
+    "binary": ("accuracy", "precision", "recall", "f1", "macro_f1", "roc_auc"),
+    "multiclass": ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1"),
+    "multilabel": ("subset_accuracy", "micro_f1", "macro_f1", "hamming_loss"),
+    "regression": ("mae", "rmse", "r2"),
+}
+
+
+def confusion_matrix(task: str, t: np.ndarray, s: np.ndarray, labels: list[str]) -> np.ndarray:
+    matrix = get_task(task).confusion(t, get_task(task).flat(s), labels)
+    assert matrix is not None
+    return matrix
 
 
 def brute_force_auc(t: np.ndarray, s: np.ndarray) -> float:
@@ -93,8 +97,9 @@ def test_confusion_matrix_and_report() -> None:
         "binary", np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.1, 0.2]), ["n", "p"]
     )
     assert binary.tolist() == [[1, 1], [1, 1]]
-    with pytest.raises(ValueError, match="binary or multiclass"):
-        confusion_matrix("multilabel", np.zeros((1, 2)), np.zeros((1, 2)), ["a", "b"])
+    # a label set has no single predicted class, a number no class at all
+    assert get_task("multilabel").confusion(np.zeros((1, 2)), np.zeros((1, 2)), ["a", "b"]) is None
+    assert get_task("regression").confusion(np.zeros(1), np.zeros(1), []) is None
 
 
 def test_multilabel_by_hand() -> None:
@@ -145,14 +150,15 @@ def test_format_report_is_aligned() -> None:
 
 
 def test_primary_and_direction() -> None:
-    assert PRIMARY_METRIC == {
+    primary = {task: get_task(task).primary_metric for task in METRICS_BY_TASK}
+    assert primary == {
         "binary": "accuracy",
         "multiclass": "accuracy",
         "multilabel": "micro_f1",
         "regression": "rmse",
     }
-    for task, name in PRIMARY_METRIC.items():
+    for task, name in primary.items():
         assert name in METRICS_BY_TASK[task]
-    assert HIGHER_IS_BETTER("accuracy") and HIGHER_IS_BETTER("val_roc_auc")
-    assert not HIGHER_IS_BETTER("val_loss") and not HIGHER_IS_BETTER("rmse")
-    assert not HIGHER_IS_BETTER("hamming_loss") and HIGHER_IS_BETTER("r2")
+    assert higher_is_better("accuracy") and higher_is_better("val_roc_auc")
+    assert not higher_is_better("val_loss") and not higher_is_better("rmse")
+    assert not higher_is_better("hamming_loss") and higher_is_better("r2")

@@ -21,10 +21,10 @@ from helpers.synthetic import write_rows
 
 from modelyard.bundle import Bundle
 from modelyard.compress import compress
-from modelyard.config import TASKS, load_config
+from modelyard.config import load_config
 from modelyard.exporters import export
-from modelyard.metrics import PRIMARY_METRIC
 from modelyard.runtime import evaluate_bundle, load
+from modelyard.tasks import get_task, task_names
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -99,7 +99,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     return Runs(tmp_path_factory.mktemp("bag"))
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", task_names())
 def test_onnx_bundle_matches_the_run(runs: Runs, task: str) -> None:
     run, bundle = runs.get(task)
     parity = bundle.manifest.parity
@@ -115,7 +115,7 @@ def test_onnx_bundle_matches_the_run(runs: Runs, task: str) -> None:
 
     _, test = runs.data(task)
     got, want = evaluate_bundle(bundle.path, test), run.test_metrics
-    primary = PRIMARY_METRIC[task]
+    primary = get_task(task).primary_metric
     assert got[primary] == pytest.approx(want[primary], abs=1e-3)
     if task == "binary":
         assert want["accuracy"] >= 0.9, "the bigram task was not learnt"

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from modelyard.config.base import TASKS, StrictModel, Task
+from modelyard.config.base import StrictModel
 from modelyard.config.data import KERAS_FILTERS, CleanConfig, DataConfig, TokenizerConfig
 from modelyard.config.deploy import (
     QUANTIZE_MODES,
@@ -42,12 +42,12 @@ from modelyard.config.training import (
     TrainConfig,
 )
 from modelyard.errors import ConfigError
+from modelyard.tasks import get_task
 
 __all__ = [
     "KERAS_FILTERS",
     "MODEL_KINDS",
     "QUANTIZE_MODES",
-    "TASKS",
     "BagOfNgramsConfig",
     "CNNConfig",
     "CleanConfig",
@@ -68,7 +68,6 @@ __all__ = [
     "ServeConfig",
     "StrictModel",
     "TargetConfig",
-    "Task",
     "TokenizerConfig",
     "TrainConfig",
     "TransformerConfig",
@@ -82,7 +81,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------- root
 class Config(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    task: Task
+    task: str  # a name in the task registry (modelyard.tasks), checked below
     seed: int = 13
     output_dir: str = "runs"
     data: DataConfig
@@ -93,6 +92,12 @@ class Config(StrictModel):
     export: ExportConfig = ExportConfig()
     targets: dict[str, TargetConfig] = Field(default_factory=dict)
     serve: ServeConfig = ServeConfig()
+
+    @field_validator("task")
+    @classmethod
+    def _registered_task(cls, name: str) -> str:
+        get_task(name)  # ValueError naming the registered tasks
+        return name
 
     @model_validator(mode="before")
     @classmethod
@@ -254,6 +259,8 @@ def _format_errors(exc: ValidationError) -> str:
             msg = f"missing 'kind'; valid kinds: {', '.join(MODEL_KINDS)}"
         elif err["type"] == "missing":
             msg = "required key is missing"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         got = err.get("input")
         shown = "" if err["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"{path}: {msg}{shown}")

@@ -1,14 +1,11 @@
 """What every config section shares: strict models (unknown keys and booleans-for-numbers are
-errors) and the task names."""
+errors)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, model_validator
-
-Task = Literal["binary", "multiclass", "multilabel", "regression"]
-TASKS: tuple[str, ...] = ("binary", "multiclass", "multilabel", "regression")
 
 
 class StrictModel(BaseModel):

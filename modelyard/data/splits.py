@@ -12,6 +12,7 @@ import numpy as np
 from modelyard.data.labels import LabelProblem, LabelSpace, parse_label
 from modelyard.data.readers import BadRow, TextTable, read_table
 from modelyard.errors import DataError
+from modelyard.tasks import get_task
 
 if TYPE_CHECKING:
     from modelyard.config import Config, DataConfig
@@ -122,8 +123,9 @@ def split_indices(task: str, targets: np.ndarray, fraction: float, *, seed: int)
     """Hold out ``fraction`` of the rows for validation, stratified, seeded.
 
     Args:
-        task: decides the strata: class (binary, multiclass), quantile bin of the target
-            (regression, up to 10 bins), none (multilabel).
+        task: a task name; its ``stratify`` decides the strata: the class (``class``), the
+            quantile bin of the target (``value``, up to 10 bins), none but every label kept in
+            train (``labels``).
         targets: encoded targets, as :meth:`LabelSpace.encode` returns them.
         fraction: share of rows to hold out, in [0, 1).
         seed: the same seed and targets give the same split.
@@ -131,20 +133,21 @@ def split_indices(task: str, targets: np.ndarray, fraction: float, *, seed: int)
     Returns:
         The train and validation row indices. The validation size is ``round(N * fraction)``
         (at least 1 when ``fraction > 0``), shared among strata by their size; every class
-        (multilabel: every label present) keeps at least one example in train.
+        (a label set: every label present) keeps at least one example in train.
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction must be in [0, 1), got {fraction}")
     n = len(targets)
     rng = np.random.default_rng(seed)
-    if task in ("binary", "multiclass"):
+    stratify = get_task(task).stratify
+    if stratify == "class":
         strata = np.asarray(targets).astype(np.int64)
-    elif task == "regression":
+    elif stratify == "value":
         strata = _quantile_bins(np.asarray(targets, dtype=np.float64), fraction)
     else:
         strata = np.zeros(n, dtype=np.int64)
     held = _stratified_pick(strata, fraction, rng)
-    if task == "multilabel" and held.size:
+    if stratify == "labels" and held.size:
         held = _keep_labels_in_train(np.asarray(targets), held)
     mask = np.zeros(n, dtype=bool)
     mask[held] = True

@@ -14,7 +14,6 @@ from tokenizers import Tokenizer
 
 import modelyard
 from modelyard.bundle import (
-    ACTIVATIONS,
     Manifest,
     PaddingSide,
     PostProcess,
@@ -23,6 +22,7 @@ from modelyard.bundle import (
     parse_side,
 )
 from modelyard.runs import Run
+from modelyard.tasks import get_task
 from modelyard.tokenize import tokenizer_info
 
 INPUT_NAMES = ("input_ids", "attention_mask")
@@ -87,7 +87,7 @@ def run_manifest(
         padding_side=tok.padding_side,
         truncation_side=tok.truncation_side,
         pad_id=tok.pad_id,
-        postprocess=PostProcess(activation=ACTIVATIONS[config.task]),
+        postprocess=PostProcess(activation=get_task(config.task).activation),
         format=format,
         model_file=model_file,
         opset=opset,

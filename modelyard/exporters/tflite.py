@@ -34,11 +34,12 @@ from modelyard.errors import BundleError, DataError
 from modelyard.exporters.litert_convert import TFLITE_QUANTIZERS, convert
 from modelyard.exporters.manifest import INPUT_NAMES, RunTokenizer, run_manifest
 from modelyard.exporters.parity import ParityReport, parity_sequences
-from modelyard.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC, compute_metrics
+from modelyard.metrics import higher_is_better
 from modelyard.runs import Run, recorded_test_metrics
 from modelyard.runtime.litert import LiteRTBackend
 from modelyard.runtime.predictor import Predictor
 from modelyard.staging import staging_dir
+from modelyard.tasks import compute_metrics, get_task
 from modelyard.tokenize import encode, pad_batch
 from modelyard.training import load_model, predict_texts
 
@@ -282,13 +283,11 @@ def check_accuracy(
     task, labels = run.config.task, list(run.labels.labels)
     reference = predict_texts(run, texts, model=model)
     scores = predictor.infer(encode(predictor.tokenizer, texts))
-    if task in ("binary", "regression"):
-        reference, scores = reference[:, 0], scores[:, 0]  # (N,): one score per text
     want = compute_metrics(task, targets, reference, labels)
     got = compute_metrics(task, targets, scores, labels)
-    metric = PRIMARY_METRIC[task]
+    metric = get_task(task).primary_metric
     ref, score = want[metric], got[metric]
-    if HIGHER_IS_BETTER(metric):
+    if higher_is_better(metric):
         drop = 100.0 * (ref - score)
     else:
         drop = 100.0 * (score - ref) / ref if ref else 100.0 * (score - ref)

@@ -4,38 +4,35 @@ from __future__ import annotations
 
 from torch import nn
 
-from modelyard.config import TASKS
 from modelyard.errors import ConfigError
+from modelyard.tasks import get_task
 
 
 def head_outputs(task: str, num_outputs: int) -> int:
     """How many values the head emits for ``task``.
 
     Args:
-        task: binary, multiclass, multilabel or regression.
+        task: a registered task name.
         num_outputs: the label space's output count.
 
     Returns:
-        1 for binary (the positive class logit) and regression; ``num_outputs`` otherwise.
+        1 for a one-output task (binary, regression); ``num_outputs`` otherwise.
 
     Raises:
         ConfigError: unknown task, or too few outputs for it.
     """
-    if task not in TASKS:
-        raise ConfigError(f"task: unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
-    if task in ("binary", "regression"):
-        return 1
-    least = 2 if task == "multiclass" else 1
-    if num_outputs < least:
-        raise ConfigError(f"task {task!r} needs at least {least} outputs, got {num_outputs}")
-    return num_outputs
+    try:
+        kind = get_task(task)
+    except ValueError as exc:
+        raise ConfigError(f"task: {exc}") from None
+    return kind.head_outputs(num_outputs)
 
 
 def make_head(task: str, in_features: int, num_outputs: int) -> nn.Linear:
     """The linear head for ``task`` on ``in_features`` pooled features.
 
     Args:
-        task: binary, multiclass, multilabel or regression.
+        task: a registered task name.
         in_features: size of the pooled representation.
         num_outputs: the label space's output count.
 

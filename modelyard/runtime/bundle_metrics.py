@@ -7,6 +7,7 @@ from typing import Any
 
 from modelyard.data import LabelSpace, read_table
 from modelyard.runtime.predictor import Predictor, load
+from modelyard.tasks import compute_metrics
 
 
 def evaluate_bundle(
@@ -36,9 +37,6 @@ def evaluate_bundle(
         BundleError: the bundle is missing or corrupted.
         DataError: the data file is missing, malformed, or holds a label the bundle lacks.
     """
-    # metrics are only needed here; the serving path imports the runtime without them
-    from modelyard.metrics import compute_metrics
-
     predictor = path if isinstance(path, Predictor) else load(path, version)
     manifest = predictor.manifest
     data_cfg: dict[str, Any] = (manifest.config or {}).get("data") or {}
@@ -57,8 +55,6 @@ def evaluate_bundle(
     )
     targets = space.encode(table.raw_labels or [], path=table.path, lines=table.lines)
     scores = predictor.infer(predictor.encode(table.texts))
-    if manifest.task in ("binary", "regression"):
-        scores = scores[:, 0]  # (N,): one probability or value per text
     return compute_metrics(
         manifest.task,
         targets,

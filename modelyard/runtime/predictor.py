@@ -8,9 +8,7 @@ and ``postprocess`` (scores into :class:`Prediction` objects).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -18,34 +16,11 @@ from tokenizers import Tokenizer
 from modelyard.bundle import Manifest, verify_bundle
 from modelyard.errors import BundleError
 from modelyard.runtime.backends import BACKENDS, Backend, Providers
+from modelyard.tasks import Prediction, get_task
 from modelyard.tokenize import encode, pad_batch
 from modelyard.versions import VersionRef
 
 DEFAULT_MAX_BATCH = 64
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One text's prediction.
-
-    Attributes:
-        label: binary/multiclass/multilabel: the top label; regression: ``None``.
-        score: probability of ``label``; regression: the predicted value.
-        scores: every class's probability (the top-k when the bundle caps it); regression: {}.
-        labels: multilabel: every label at or over the threshold; otherwise ``None``.
-    """
-
-    label: str | None
-    score: float
-    scores: dict[str, float] = field(default_factory=dict)
-    labels: list[str] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form; ``labels`` only for multilabel."""
-        out: dict[str, Any] = {"label": self.label, "score": self.score, "scores": self.scores}
-        if self.labels is not None:
-            out["labels"] = self.labels
-        return out
 
 
 def apply_activation(logits: np.ndarray, activation: str) -> np.ndarray:
@@ -71,10 +46,10 @@ def to_predictions(
     threshold: float = 0.5,
     top_k: int | None = None,
 ) -> list[Prediction]:
-    """Turn post-activation scores (N, num_outputs) into predictions.
+    """Turn post-activation scores (N, num_outputs) into predictions, as the task reads them.
 
     Args:
-        task: binary, multiclass, multilabel or regression.
+        task: a registered task name.
         labels: class names (binary: ``labels[1]`` is the positive class).
         scores: probabilities (binary: (N, 1) of the positive class) or values (regression).
         threshold: binary: the positive class at or over it; multilabel: the label set.
@@ -83,35 +58,7 @@ def to_predictions(
     Returns:
         One :class:`Prediction` per row.
     """
-    rows = np.asarray(scores, dtype=np.float32)
-    if rows.ndim == 1:  # (N,) from a binary or regression caller: one output per row
-        rows = rows[:, None]
-    if task == "regression":
-        return [Prediction(label=None, score=v) for v in rows[:, 0].astype(np.float64).tolist()]
-    # Whole-matrix numpy, then plain Python lists: no per-row numpy calls (the server runs this
-    # for every batch, holding the GIL the event loop needs).
-    if task == "binary":
-        p = rows[:, :1].astype(np.float64)
-        probs = np.concatenate([1.0 - p, p], axis=1)
-        tops = (p[:, 0] >= threshold).astype(np.intp)
-    else:
-        probs = rows.astype(np.float64)
-        tops = np.argmax(probs, axis=1)
-    ranked = np.argsort(-probs, axis=1, kind="stable")[:, :top_k].tolist()
-    values = probs.tolist()
-    chosen: list[list[str] | None] = [None] * len(values)
-    if task == "multilabel":
-        hits = (probs >= threshold).tolist()
-        chosen = [[labels[i] for i, hit in enumerate(row) if hit] for row in hits]
-    return [
-        Prediction(
-            label=labels[top],
-            score=row[top],
-            scores={labels[i]: row[i] for i in order},
-            labels=picked,
-        )
-        for top, row, order, picked in zip(tops.tolist(), values, ranked, chosen, strict=True)
-    ]
+    return get_task(task).predictions(labels, scores, threshold=threshold, top_k=top_k)
 
 
 class Predictor:

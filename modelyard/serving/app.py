@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import math
 import time
@@ -66,6 +65,7 @@ from modelyard.serving.repository import (
     ModelUnavailableError,
     ModelVersion,
 )
+from modelyard.tasks import get_task
 from modelyard.versions import VersionRef, parse_ref
 
 log = logging.getLogger("modelyard.serving")
@@ -280,28 +280,20 @@ async def _infer(state: ServerState, request: Request, served: _Served) -> Respo
         outputs=_outputs(mv),
     )
     name, version, num_scores = mv.name, str(mv.version), mv.num_scores
-    multilabel = mv.predictor.task == "multilabel"
+    task = get_task(mv.predictor.task)
 
     def encode(results: list[TextResult]) -> EncodedResponse:  # runs in the worker thread
         if results:
             scores = np.stack([r.scores for r in results]).astype(np.float32, copy=False)
         else:
             scores = np.zeros((0, num_scores), dtype=np.float32)
-        labels = [label_element(r.prediction, multilabel) for r in results]
+        labels = [task.response_label(r.prediction) for r in results]
         return encode_infer_response(
             model_name=name, model_version=version, request=req, scores=scores, labels=labels
         )
 
     encoded = await mv.batcher.submit_with(req.texts, encode, state.settings.timeout_s)
     return Response(encoded.body, headers=encoded.headers, media_type=encoded.media_type)
-
-
-def label_element(prediction: Any, multilabel: bool) -> str:
-    """One text's ``label`` output: the top label; for multilabel, the thresholded label set
-    (the v1 ``labels``) as a JSON array, e.g. ``["music", "plot"]`` (``[]`` for none)."""
-    if multilabel:
-        return json.dumps(list(prediction.labels or []), ensure_ascii=False)
-    return str(prediction.label or "")
 
 
 async def _metrics(state: ServerState, request: Request, served: _Served) -> Response:

@@ -15,6 +15,7 @@ import numpy as np
 from modelyard.errors import ConfigError
 from modelyard.runtime import load
 from modelyard.runtime.backends import resolve_providers
+from modelyard.tasks import get_task
 
 
 class PredictorLike(Protocol):
@@ -42,22 +43,16 @@ class TextResult:
     prediction: Any  # modelyard.runtime.Prediction
 
 
-def score_matrix(task: str, scores: np.ndarray) -> np.ndarray:
-    """Scores with one column per label: binary's single P(positive) becomes [1 - p, p]."""
-    if task == "binary" and scores.ndim == 2 and scores.shape[1] == 1:
-        return np.concatenate([1.0 - scores, scores], axis=1).astype(np.float32)
-    return np.asarray(scores, dtype=np.float32)
-
-
 def make_batch_fn(predictor: PredictorLike) -> Callable[[list[str]], list[TextResult]]:
     """The function the worker thread runs per batch: encode, infer, postprocess."""
+    task = get_task(predictor.task)
 
     def run(texts: list[str]) -> list[TextResult]:
         # Tokenizing here (not in the request handler) keeps the event loop free for HTTP and
         # lets the tokenizer work on the whole batch at once.
         raw = predictor.infer(predictor.encode(texts))
         predictions = predictor.postprocess(raw)
-        matrix = score_matrix(predictor.task, raw)
+        matrix = task.score_matrix(raw)
         return [TextResult(matrix[i], predictions[i]) for i in range(len(texts))]
 
     return run

@@ -53,6 +53,7 @@ from modelyard.serving.inference import (
     load_and_warm,
     make_batch_fn,
 )
+from modelyard.tasks import get_task
 from modelyard.versions import DEFAULT_ALIAS, VersionRef
 
 log = logging.getLogger("modelyard.serving")
@@ -359,7 +360,7 @@ class ModelRepository:
             **self._batch_settings,  # type: ignore[arg-type]
         )
         await batcher.start()
-        has_labels = predictor.task != "regression"
+        has_labels = get_task(predictor.task).has_classes
         num_scores = len(predictor.labels) if has_labels else 1
         log.info("loaded %s version %d in %.2f s", name, version, time.perf_counter() - t0)
         return ModelVersion(

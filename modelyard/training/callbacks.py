@@ -15,9 +15,9 @@ from modelyard.errors import ConfigError
 
 def metric_mode(name: str) -> str:
     """``min`` or ``max`` for a monitored name such as ``val_loss`` or ``val_accuracy``."""
-    from modelyard.metrics import HIGHER_IS_BETTER
+    from modelyard.metrics import higher_is_better
 
-    return "max" if HIGHER_IS_BETTER(name.removeprefix("train_")) else "min"
+    return "max" if higher_is_better(name.removeprefix("train_")) else "min"
 
 
 def resolve_monitor(name: str, available: list[str], key: str) -> str:

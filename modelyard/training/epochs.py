@@ -23,7 +23,8 @@ from torch import nn
 from tqdm import tqdm
 
 from modelyard.errors import RunError
-from modelyard.metrics import compute_metrics, json_safe
+from modelyard.metrics import json_safe
+from modelyard.tasks import compute_metrics
 from modelyard.training.batches import epoch_batches
 from modelyard.training.checkpoint import save_checkpoint, save_weights
 from modelyard.training.distributed import accumulating, all_reduce_sum, broadcast, shard

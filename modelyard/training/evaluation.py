@@ -18,16 +18,14 @@ from modelyard.data import load_splits, read_table
 from modelyard.errors import DataError, RunError
 from modelyard.metrics import (
     ClassReport,
-    compute_metrics,
-    confusion_matrix,
     format_class_table,
     format_with_interval,
-    per_class_report,
     proportion_interval,
 )
 from modelyard.plots import plot_confusion_matrix, plot_learning_curves
 from modelyard.runs import Run, is_run_dir
-from modelyard.training.inference import metric_scores, predict_texts
+from modelyard.tasks import get_task
+from modelyard.training.inference import predict_texts
 
 
 @dataclass
@@ -35,7 +33,7 @@ class EvalResult:
     """What an evaluation measured and where it wrote its files.
 
     Attributes:
-        metrics: task metrics (see :func:`modelyard.metrics.compute_metrics`).
+        metrics: task metrics (see :meth:`modelyard.tasks.Task.metrics`).
         report: per-class precision / recall / F1 / support (empty for regression).
         confusion: ``(C, C)`` counts, rows = true class (binary / multiclass), else ``None``.
         num_examples: how many labelled texts were scored.
@@ -151,20 +149,18 @@ def evaluate_examples(
     Returns:
         An :class:`EvalResult`.
     """
-    task = run.task
+    task = get_task(run.task)
     labels = list(run.labels.labels)
-    scores = metric_scores(task, predict_texts(run, texts, which=which))
-    metrics = {k: float(v) for k, v in compute_metrics(task, targets, scores, labels).items()}
-    report = per_class_report(task, targets, scores, labels) if task != "regression" else []
-    confusion = None
-    if task in ("binary", "multiclass"):
-        confusion = np.asarray(confusion_matrix(task, targets, scores, labels))
+    scores = task.flat(predict_texts(run, texts, which=which))
+    metrics = {k: float(v) for k, v in task.metrics(targets, scores, labels).items()}
+    report = task.class_report(targets, scores, labels)
+    confusion = task.confusion(targets, scores, labels)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     payload: dict[str, Any] = {
         "run": run.config.name,
-        "task": task,
+        "task": task.name,
         "data": source,
         "checkpoint": which,
         "split": split,

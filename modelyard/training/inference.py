@@ -16,6 +16,7 @@ from torch import nn
 from modelyard.errors import RunError
 from modelyard.models import build_model
 from modelyard.runs import Run
+from modelyard.tasks import Task, get_task
 from modelyard.tokenize import encode, load_tokenizer, pad_batch, tokenizer_info
 from modelyard.training.checkpoint import load_weights
 
@@ -96,18 +97,22 @@ def forward_logits(
     return out if out is not None else torch.empty((0, 0), dtype=torch.float32)
 
 
-def activate_logits(task: str, logits: torch.Tensor) -> torch.Tensor:
-    """Post-activation scores: sigmoid (binary, multilabel), softmax (multiclass), identity."""
-    if task in ("binary", "multilabel"):
-        return torch.sigmoid(logits)
-    if task == "multiclass":
-        return torch.softmax(logits, dim=-1)
-    return logits
+# the torch form of each task's activation (the runtime's is numpy: runtime.predictor)
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sigmoid": torch.sigmoid,
+    "softmax": lambda logits: torch.softmax(logits, dim=-1),
+    "identity": lambda logits: logits,
+}
 
 
-def metric_scores(task: str, scores: np.ndarray) -> np.ndarray:
-    """The score layout ``compute_metrics`` expects: (N,) for binary/regression, else (N, C)."""
-    return scores[:, 0] if task in ("binary", "regression") and scores.ndim == 2 else scores
+def activate_logits(task: str | Task, logits: torch.Tensor) -> torch.Tensor:
+    """Post-activation scores: the task's activation (sigmoid, softmax or identity)."""
+    return ACTIVATIONS[get_task(task).activation](logits)
+
+
+def metric_scores(task: str | Task, scores: np.ndarray) -> np.ndarray:
+    """The score layout the task's metrics read: (N,) for a one-output task, else (N, C)."""
+    return get_task(task).flat(scores)
 
 
 def _as_run(run: Run | str | Path) -> Run:

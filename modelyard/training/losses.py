@@ -2,7 +2,8 @@
 
 Every loss takes the model's raw output ``logits`` of shape ``(B, K)`` and the targets exactly as
 :meth:`modelyard.data.LabelSpace.encode` produces them (binary float ``(B,)``, multiclass int64
-``(B,)``, multilabel float ``(B, C)``, regression float ``(B,)``) and returns a scalar mean.
+``(B,)``, multilabel float ``(B, C)``, regression float ``(B,)``) and returns a scalar mean. Which
+losses fit a task, and its default, are the task's (:attr:`modelyard.tasks.Task.losses`).
 """
 
 from __future__ import annotations
@@ -15,28 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelyard.config import LossConfig
-from modelyard.errors import ConfigError
-
-AUTO_LOSS: dict[str, str] = {
-    "binary": "bce",
-    "multilabel": "bce",
-    "multiclass": "cross_entropy",
-    "regression": "mse",
-}
-
-# which task each named loss makes sense for; a mismatch is a config error, not a shape crash
-LOSS_TASKS: dict[str, tuple[str, ...]] = {
-    "bce": ("binary", "multilabel"),
-    "cross_entropy": ("multiclass",),
-    "mse": ("regression",),
-    "huber": ("regression",),
-    "focal": ("binary", "multiclass", "multilabel"),
-}
+from modelyard.tasks import Task, get_task
 
 
-def _flat(logits: torch.Tensor, task: str) -> torch.Tensor:
-    """Binary and regression heads have one output: (B, 1) -> (B,)."""
-    return logits[:, 0] if task in ("binary", "regression") else logits
+def _flat(logits: torch.Tensor, task: Task) -> torch.Tensor:
+    """A one-output task's head: (B, 1) -> (B,)."""
+    return logits[:, 0] if task.single_output else logits
 
 
 class BCELoss(nn.Module):
@@ -44,15 +29,15 @@ class BCELoss(nn.Module):
 
     pos_weight: torch.Tensor | None
 
-    def __init__(self, task: str, pos_weight: torch.Tensor | None = None) -> None:
+    def __init__(self, task: str | Task, pos_weight: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.task = task
+        self.task = get_task(task)
         self.register_buffer("pos_weight", pos_weight)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         x = _flat(logits, self.task)
         pw = self.pos_weight
-        if pw is not None and self.task == "binary":
+        if pw is not None and self.task.single_output:
             pw = pw.reshape(())  # one scalar for the (B,) case
         return F.binary_cross_entropy_with_logits(x, targets.to(x.dtype), pos_weight=pw)
 
@@ -92,20 +77,23 @@ class HuberLoss(nn.Module):
 class FocalLoss(nn.Module):
     """Focal loss (Lin et al. 2017): ``-alpha_t * (1 - p_t)^gamma * log(p_t)``, mean over items.
 
-    Binary / multilabel use the sigmoid form per output; multiclass the softmax form. ``alpha``
+    Sigmoid tasks (binary, multilabel) use the sigmoid form per output; softmax tasks
+    (multiclass) the softmax form. ``alpha``
     is optional: per class for multiclass, ``[w_negative, w_positive]`` per output otherwise.
     """
 
     alpha: torch.Tensor | None
 
-    def __init__(self, task: str, gamma: float = 2.0, alpha: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, task: str | Task, gamma: float = 2.0, alpha: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
-        self.task = task
+        self.task = get_task(task)
         self.gamma = gamma
         self.register_buffer("alpha", alpha)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.task == "multiclass":
+        if self.task.activation == "softmax":
             logp = F.log_softmax(logits, dim=-1)  # (B, C)
             t = targets.long()
             logp_t = logp.gather(1, t[:, None])[:, 0]  # (B,)
@@ -123,51 +111,17 @@ class FocalLoss(nn.Module):
         return loss.mean()
 
 
-def resolve_loss_name(cfg: LossConfig, task: str) -> str:
+def resolve_loss_name(cfg: LossConfig, task: str | Task) -> str:
     """The concrete loss name for a task (``auto`` resolved); ConfigError when it does not fit."""
-    name = AUTO_LOSS[task] if cfg.name == "auto" else cfg.name
-    if task not in LOSS_TASKS[name]:
-        fits = [n for n, tasks in LOSS_TASKS.items() if task in tasks]
-        raise ConfigError(
-            f"train.loss.name: '{name}' does not fit task '{task}'; use one of: "
-            f"auto, {', '.join(fits)}"
-        )
-    return name
+    return get_task(task).check_loss(cfg.name)
 
 
 def class_weights(
-    cfg: LossConfig, task: str, targets: np.ndarray, num_outputs: int
+    cfg: LossConfig, task: str | Task, targets: np.ndarray, num_outputs: int
 ) -> np.ndarray | None:
-    """Per-class weights from the config: ``balanced`` = n / (k * count_k), like scikit-learn.
-
-    Returns:
-        ``None`` for ``none``; multiclass ``(C,)``; binary ``(2,)`` = [negative, positive];
-        multilabel ``(2, C)`` = [negative, positive] per label.
-    """
-    spec = cfg.class_weights
-    if spec == "none" or task == "regression":
-        return None
-    if isinstance(spec, list):
-        expected = num_outputs if task == "multiclass" else 2
-        if task == "multilabel" and len(spec) == num_outputs:
-            # one positive weight per label; negatives keep weight 1
-            return np.stack([np.ones(num_outputs), np.asarray(spec, dtype=np.float64)])
-        if len(spec) != expected:
-            raise ConfigError(
-                f"train.loss.class_weights: expected {expected} weights for task '{task}', "
-                f"got {len(spec)}"
-            )
-        w = np.asarray(spec, dtype=np.float64)
-        return np.repeat(w[:, None], num_outputs, axis=1) if task == "multilabel" else w
-    n = len(targets)
-    if task == "multiclass":
-        counts = np.bincount(targets.astype(np.int64), minlength=num_outputs).astype(np.float64)
-        return n / (num_outputs * np.maximum(counts, 1.0))
-    y = targets.reshape(n, -1).astype(np.float64)  # (N, 1) binary or (N, C) multilabel
-    pos = y.sum(axis=0)
-    neg = n - pos
-    w = np.stack([n / (2.0 * np.maximum(neg, 1.0)), n / (2.0 * np.maximum(pos, 1.0))])  # (2, K)
-    return w[:, 0] if task == "binary" else w
+    """Per-class weights from the config (``balanced`` = n / (k * count_k), like scikit-learn),
+    in the task's layout (:meth:`modelyard.tasks.Task.class_weights`)."""
+    return get_task(task).class_weights(cfg.class_weights, targets, num_outputs)
 
 
 def _pos_weight(w: np.ndarray | None) -> torch.Tensor | None:
@@ -181,7 +135,7 @@ def _tensor(w: np.ndarray | None) -> torch.Tensor | None:
     return None if w is None else torch.as_tensor(w, dtype=torch.float32)
 
 
-LossBuilder = Callable[[LossConfig, str, "np.ndarray | None"], nn.Module]
+LossBuilder = Callable[[LossConfig, Task, "np.ndarray | None"], nn.Module]
 
 LOSSES: dict[str, LossBuilder] = {
     "bce": lambda cfg, task, w: BCELoss(task, _pos_weight(w)),
@@ -193,19 +147,20 @@ LOSSES: dict[str, LossBuilder] = {
 
 
 def build_loss(
-    cfg: LossConfig, task: str, train_targets: np.ndarray, num_outputs: int
+    cfg: LossConfig, task: str | Task, train_targets: np.ndarray, num_outputs: int
 ) -> nn.Module:
     """Build the loss for a task.
 
     Args:
         cfg: the ``train.loss`` section.
-        task: binary, multiclass, multilabel or regression.
+        task: a task or its name.
         train_targets: encoded training targets (for ``class_weights: balanced``).
         num_outputs: the model's output width.
 
     Returns:
         A module ``loss(logits (B, K), targets) -> scalar``.
     """
-    name = resolve_loss_name(cfg, task)
-    weights = class_weights(cfg, task, train_targets, num_outputs)
-    return LOSSES[name](cfg, task, weights)
+    kind = get_task(task)
+    name = kind.check_loss(cfg.name)
+    weights = kind.class_weights(cfg.class_weights, train_targets, num_outputs)
+    return LOSSES[name](cfg, kind, weights)

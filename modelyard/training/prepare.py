@@ -20,10 +20,10 @@ from modelyard.atomic import atomic_path, atomic_write_text
 from modelyard.config import Config, dump_config
 from modelyard.data import load_splits
 from modelyard.errors import ConfigError, RunError
-from modelyard.metrics import compute_metrics
 from modelyard.models import build_model
 from modelyard.runs import RunPaths
 from modelyard.staging import remove_temp_files
+from modelyard.tasks import compute_metrics
 from modelyard.tokenize import build_tokenizer, encode, load_tokenizer, tokenizer_info
 from modelyard.training.batches import batches_per_epoch
 from modelyard.training.callbacks import BestTracker, EarlyStopping, metric_mode, resolve_monitor
@@ -133,14 +133,7 @@ def _cached_features(session: Session) -> dict[str, torch.Tensor]:
 
 def _available_monitors(config: Config, labels: LabelSpace, targets: np.ndarray) -> list[str]:
     """The record keys a monitor may name, learnt from metrics on placeholder scores."""
-    n, k = len(targets), labels.num_outputs
-    scores: np.ndarray
-    if config.task == "multiclass":
-        scores = np.full((n, k), 1.0 / k, dtype=np.float32)
-    elif config.task == "multilabel":
-        scores = np.full((n, k), 0.5, dtype=np.float32)
-    else:
-        scores = np.full(n, 0.5, dtype=np.float32)
+    scores = labels.kind.placeholder_scores(len(targets), labels.num_outputs)
     names = compute_metrics(config.task, targets, scores, list(labels.labels))
     return ["val_loss", *(f"val_{name}" for name in names)]
 

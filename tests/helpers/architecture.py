@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "data",
             "tokenize",
             "templates",
+            "tasks",
         },
     ),
     ("runtime", {"runtime"}),

@@ -15,7 +15,6 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from modelyard.bundle import (
-    ACTIVATIONS,
     Bundle,
     Manifest,
     PostProcess,
@@ -24,6 +23,7 @@ from modelyard.bundle import (
     write_bundle,
 )
 from modelyard.config import CleanConfig, TokenizerConfig
+from modelyard.tasks import get_task
 from modelyard.tokenize import build_tokenizer, tokenizer_info
 
 TEXTS = [
@@ -124,7 +124,7 @@ def make_bundle(
         max_length=info.max_length,
         padding_side=info.padding_side,
         pad_id=info.pad_id,
-        postprocess=PostProcess(activation=ACTIVATIONS[task], threshold=threshold),
+        postprocess=PostProcess(activation=get_task(task).activation, threshold=threshold),
         config={"name": name or f"tiny-{task}", "task": task, "data": {"text": "text"}},
         modelyard_version="0.1.0",
         created_at=now_iso(),
