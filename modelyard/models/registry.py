@@ -25,14 +25,15 @@ AnyModelConfig = (
     RNNConfig | CNNConfig | TransformerConfig | BagOfNgramsConfig | PretrainedModelConfig
 )
 
+# model kind (config.MODEL_KINDS, the same keys in the same order: tests/test_registries.py) ->
 # builder(cfg, *, task, vocab_size, num_outputs, max_length, pad_id) -> nn.Module
 MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "lstm": build_rnn,
     "gru": build_rnn,
     "cnn": build_cnn,
     "transformer": build_transformer,
-    "pretrained": build_pretrained,
     "bag_of_ngrams": build_bag_of_ngrams,
+    "pretrained": build_pretrained,
 }
 
 
