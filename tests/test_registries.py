@@ -5,6 +5,9 @@ choices are those names, and a config naming anything else is told the valid one
 from __future__ import annotations
 
 import argparse
+import types
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,3 +95,25 @@ def test_export_quantize_on_a_format_whose_exporter_does_not_quantize(
     assert main(["export", "runs/none", "--format", "onnx", "--quantize", "int8-dynamic"]) == 2
     err = capsys.readouterr().err
     assert "--quantize applies to tflite; for ONNX use `modelyard compress`" in err
+
+
+def test_export_passes_quantize_to_the_formats_exporter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from modelyard.cli import main
+    from modelyard.runs import Run
+
+    calls: list[dict[str, Any]] = []
+
+    def fake_exporter(run: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return types.SimpleNamespace(path=tmp_path / "m" / "1", version=1)
+
+    monkeypatch.setattr(Run, "load", classmethod(lambda cls, path: path))
+    monkeypatch.setitem(EXPORTERS, "tflite", fake_exporter)
+    args = ["export", "runs/r", "--format", "tflite", "--repo", str(tmp_path)]
+    assert main([*args, "--quantize", "int8-dynamic"]) == 0
+    assert main(args) == 0
+    assert [c.get("quantize") for c in calls] == ["int8-dynamic", None]
+    assert "quantize" not in calls[1]  # the exporter's own default, as before
+    assert "bundle: " in capsys.readouterr().out
