@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from modelyard import __version__
+from modelyard.config import (
+    EXPORT_FORMATS,
+    EXPORT_QUANTIZE_MODES,
+    QUANTIZE_MODES,
+    REFERENCE_FORMAT,
+)
 from modelyard.config.deploy import add_serve_flags, serve_overrides
 from modelyard.errors import ModelyardError, RunError
 from modelyard.logs import setup_logging
@@ -150,20 +156,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    if args.format == "tflite":
-        from modelyard.exporters.tflite import export_tflite
+    options: dict[str, Any] = {}
+    if args.quantize:
+        if args.quantize not in EXPORT_QUANTIZE_MODES[args.format]:
+            takers = [f for f, modes in EXPORT_QUANTIZE_MODES.items() if args.quantize in modes]
+            raise RunError(
+                f"--quantize applies to {', '.join(takers)}; "
+                f"for {REFERENCE_FORMAT.upper()} use `modelyard compress`"
+            )
+        options["quantize"] = args.quantize
+    from modelyard.exporters import export
 
-        bundle = export_tflite(
-            args.run, repo=args.repo, which=args.which, quantize=args.quantize, name=args.name
-        )
-    else:
-        if args.quantize:
-            raise RunError("--quantize applies to tflite; for ONNX use `modelyard compress`")
-        from modelyard.exporters import export
-
-        bundle = export(
-            args.run, format=args.format, repo=args.repo, which=args.which, name=args.name
-        )
+    bundle = export(
+        args.run, format=args.format, repo=args.repo, which=args.which, name=args.name, **options
+    )
     print(f"bundle: {bundle.path} (version {bundle.version})")
     _point_alias(bundle.path.parent, bundle.version, args.alias)
     return 0
@@ -340,11 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a run as a versioned bundle")
     p.add_argument("run", help="runs/NAME")
-    p.add_argument("--format", default="onnx", choices=["onnx", "tflite"])
+    p.add_argument("--format", default=REFERENCE_FORMAT, choices=EXPORT_FORMATS)
     p.add_argument("--repo", help="model repository (default: the run config's export.repo)")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint")
     p.add_argument("--name", help="bundle name (default: the run's name)")
-    p.add_argument("--quantize", choices=["int8-dynamic"], help="tflite: dynamic-range int8")
+    p.add_argument(
+        "--quantize",
+        choices=sorted({m for modes in EXPORT_QUANTIZE_MODES.values() for m in modes}),
+        help="; ".join(f"{f}: {', '.join(m)}" for f, m in EXPORT_QUANTIZE_MODES.items() if m),
+    )
     p.add_argument(
         "--as",
         dest="alias",
@@ -362,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize",
         action="append",
         default=[],
-        choices=["int8-dynamic", "int8-static", "fp16"],
+        choices=QUANTIZE_MODES,
         help="repeatable",
     )
     p.add_argument("--clip", help="clip weights at a value (3.0) or a percentile (99.9%%)")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from modelyard.bundle import Manifest
+from modelyard.config import REFERENCE_FORMAT
 from modelyard.errors import BundleError, DataError
 from modelyard.metrics import finite_or_none, higher_is_better, json_safe, proportion_interval
 from modelyard.tasks import compute_metrics, get_task, primary_metrics
@@ -131,7 +132,7 @@ def variant_name(manifest: Manifest) -> str:
     quant = variant.get("quantization")
     mode = quant.get("mode") if isinstance(quant, dict) else quant
     base = str(mode) if mode else "fp32"
-    return f"tflite-{base}" if manifest.format == "tflite" else base
+    return base if manifest.format == REFERENCE_FORMAT else f"{manifest.format}-{base}"
 
 
 def accuracy_drop(metric: str, score: float, reference: float) -> float:

@@ -1,7 +1,9 @@
 """The whole road in one call: ``modelyard run config.yaml``.
 
-train → evaluate → export fp32 ONNX → compress variants → TFLite variants → measure each →
-choose one variant per deployment target → ``runs/NAME/variants.json`` and ``report.html``.
+train → evaluate → each format's variants, measured (the reference ONNX export and what
+``compress:`` asks for first, then each other format the config names; built by
+:data:`modelyard.compress.FORMAT_VARIANTS`) → choose one variant per deployment target →
+``runs/NAME/variants.json`` and ``report.html``.
 
 Every station is the public API of its package; this module only strings them together, collects
 the measurements and writes the report. A format that cannot be built here (TFLite without
@@ -13,19 +15,18 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field, replace
+import math
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from modelyard.bundle import Bundle, write_bundle
 from modelyard.choice import Choice, choose
+from modelyard.compress.formats import FORMAT_VARIANTS, FormatRequest, wanted_formats
+from modelyard.compress.sources import EvalData
 from modelyard.errors import ModelyardError
-from modelyard.measure import LabelledTexts, Measurement, format_test_score, measure_bundle
+from modelyard.measure import LabelledTexts, Measurement, format_test_score
 from modelyard.metrics import finite_or_none, higher_is_better
-from modelyard.staging import staging_dir
 from modelyard.tasks import get_task
 
 if TYPE_CHECKING:
@@ -66,20 +67,6 @@ class PipelineResult:
         return format_summary(self.variants, self.choices, self.metric, self.notes)
 
 
-@dataclass
-class _MeasureData:
-    """Texts variants are selected on (validation) and reported on (test, when there is one)."""
-
-    texts: list[str]
-    targets: np.ndarray
-    source: str
-    test: LabelledTexts | None
-
-    @property
-    def described(self) -> str:
-        return f"{self.source} (validation, {len(self.texts)} texts)"
-
-
 def run_pipeline(config: Config, *, overwrite: bool = False, echo: bool = True) -> PipelineResult:
     """Walk the whole road for a config and pick a variant per deployment target.
 
@@ -109,10 +96,13 @@ def run_pipeline(config: Config, *, overwrite: bool = False, echo: bool = True) 
     images = _evaluation_images(run, data.test.source if data.test else data.source)
     labels = list(run.labels.labels)
 
-    variants = _onnx_variants(run, config, data, labels)
+    # the reference format first: every later variant is measured against its fp32 score
+    variants: list[Measurement] = []
+    for fmt in wanted_formats(config):
+        reference_score = variants[0].score if variants else math.nan
+        request = FormatRequest(run, config, data, labels, reference_score, notes)
+        variants += FORMAT_VARIANTS[fmt](request)
     reference = variants[0]
-    if _wants_tflite(config):
-        variants += _tflite_variants(run, config, data, labels, reference.score, notes)
 
     choices = choose(config.targets, variants, higher_is_better=higher)
     _point_aliases(choices, notes)
@@ -144,7 +134,7 @@ def _evaluation_images(run: Run, source: str) -> dict[str, Path]:
     return images
 
 
-def _measure_data(config: Config) -> _MeasureData:
+def _measure_data(config: Config) -> EvalData:
     """Select on the validation split, report on the test file: the split the choice was made
     on is never the one its numbers are reported on."""
     from modelyard.data import load_splits
@@ -155,134 +145,7 @@ def _measure_data(config: Config) -> _MeasureData:
         t = splits.test
         test = LabelledTexts(list(t.texts), t.targets, str(t.source), "test")
     v = splits.validation
-    return _MeasureData(list(v.texts), v.targets, str(v.source), test)
-
-
-def _onnx_variants(
-    run: Run, config: Config, data: _MeasureData, labels: list[str]
-) -> list[Measurement]:
-    """The fp32 ONNX reference and the variants ``config.compress`` asks for, all measured.
-
-    :func:`modelyard.compress.compress` exports and measures the fp32 reference itself (first
-    in its list) on the same data as :func:`_measure_data`; without compression settings the
-    reference is exported and measured here.
-    """
-    cfg = config.compress
-    if cfg.prune is None and cfg.clip is None and not cfg.quantize:
-        from modelyard.exporters import export
-
-        log.info("run %s: exporting fp32 ONNX", config.name)
-        fp32 = export(run, repo=config.export.repo)
-        log.info("run %s: measuring fp32 on %s", config.name, data.source)
-        measured = measure_bundle(
-            fp32.path,
-            data.texts,
-            data.targets,
-            run.task,
-            labels,
-            selected_on=data.described,
-            test=data.test,
-        )
-        return [measured]
-    from modelyard.compress import compress
-
-    log.info("run %s: exporting and compressing (%s)", config.name, _compress_label(config))
-    return compress(
-        run.dir,
-        prune=cfg.prune,
-        prune_kind=cfg.prune_kind,
-        finetune_epochs=cfg.finetune_epochs,
-        quantize=list(cfg.quantize),
-        clip=cfg.clip,
-        repo=config.export.repo,
-        max_accuracy_drop=cfg.max_accuracy_drop,
-    )
-
-
-def _wants_tflite(config: Config) -> bool:
-    return "tflite" in config.export.formats or any(
-        t.format == "tflite" for t in config.targets.values()
-    )
-
-
-def _tflite_variants(
-    run: Run,
-    config: Config,
-    data: _MeasureData,
-    labels: list[str],
-    reference: float,
-    notes: list[str],
-) -> list[Measurement]:
-    """Export and measure TFLite bundles: fp32, then each quantization mode LiteRT supports.
-
-    A missing litert-torch, a failed conversion or a mode LiteRT cannot do is a note, not a
-    failure of the road: the ONNX targets still get their answer.
-    """
-    try:
-        from modelyard.exporters.tflite import TFLITE_QUANTIZERS, export_tflite
-    except ImportError as exc:
-        notes.append(f"no TFLite variants: {_missing(exc)}")
-        return []
-
-    unsupported = [q for q in config.compress.quantize if q not in TFLITE_QUANTIZERS]
-    if unsupported:
-        notes.append(
-            f"no TFLite {', '.join(unsupported)} variant: the LiteRT exporter supports "
-            f"{', '.join(TFLITE_QUANTIZERS) or 'fp32 only'}"
-        )
-    measured: list[Measurement] = []
-    for mode in [None, *(q for q in config.compress.quantize if q in TFLITE_QUANTIZERS)]:
-        label = f"tflite-{mode or 'fp32'}"
-        log.info("run %s: exporting %s", config.name, label)
-        # staged in a repository of its own inside the model's directory, never served
-        with staging_dir(Path(config.export.repo) / config.name) as staging:
-            try:
-                staged = export_tflite(run, repo=staging, quantize=mode)
-            except ImportError as exc:
-                notes.append(f"no TFLite variants: {_missing(exc)}")
-                return measured
-            except ModelyardError as exc:
-                notes.append(f"{label} not built: {exc}")
-                if mode is None:  # without the fp32 conversion no quantized one will work either
-                    return measured
-                continue
-            try:
-                measured.append(_write_measured(staged, config, data, labels, reference))
-            except ModelyardError as exc:
-                notes.append(f"{label} built but not measured, so not written: {exc}")
-    return measured
-
-
-def _write_measured(
-    staged: Bundle, config: Config, data: _MeasureData, labels: list[str], reference: float
-) -> Measurement:
-    """Measure a staged bundle, then write it for good with its measurements and, past the
-    accuracy budget, its rejected mark in the manifest (as compress writes ONNX variants)."""
-
-    m = measure_bundle(
-        staged.path,
-        data.texts,
-        data.targets,
-        str(config.task),
-        labels,
-        reference=reference,
-        max_drop=config.compress.max_accuracy_drop,
-        selected_on=data.described,
-        test=data.test,
-    )
-    manifest = replace(
-        staged.manifest,
-        metrics=m.manifest_metrics(),
-        variant={
-            **staged.manifest.variant,
-            "measured": m.manifest_record(),
-            "rejected": m.rejected,
-        },
-    )
-    files = {name: staged.path / name for name in staged.manifest.files}
-    bundle = write_bundle(config.export.repo, manifest, files)
-    m.bundle, m.version = str(bundle.path), bundle.version
-    return m
+    return EvalData(list(v.texts), v.targets, str(v.source), split="validation", test=test)
 
 
 def _point_aliases(choices: dict[str, Choice], notes: list[str]) -> None:
@@ -297,25 +160,6 @@ def _point_aliases(choices: dict[str, Choice], notes: list[str]) -> None:
             set_alias(Path(choice.variant.bundle).parent, target, choice.variant.version)
         except ModelyardError as exc:
             notes.append(f"target {target}: chosen, but no alias points at it: {exc}")
-
-
-def _missing(exc: ImportError) -> str:
-    name = getattr(exc, "name", None) or ""
-    if "litert" in name or "ai_edge" in name or "litert" in str(exc):
-        return "litert-torch is not installed (pip install 'modelyard[mobile]')"
-    return f"the TFLite exporter could not be imported: {exc}"
-
-
-def _compress_label(config: Config) -> str:
-    cfg = config.compress
-    parts = []
-    if cfg.prune is not None:
-        parts.append(f"prune {cfg.prune:g} {cfg.prune_kind}")
-    if cfg.clip is not None:
-        parts.append(f"clip {cfg.clip:g}")
-    if cfg.quantize:
-        parts.append("quantize " + ", ".join(cfg.quantize))
-    return "; ".join(parts)
 
 
 # ----------------------------------------------------------------------------------------- files
@@ -347,7 +191,7 @@ def _write_variants(
 def _write_report(
     run: Run,
     config: Config,
-    data: _MeasureData,
+    data: EvalData,
     variants: list[Measurement],
     choices: dict[str, Choice],
     metric: str,

@@ -14,10 +14,11 @@ import pytest
 
 from modelyard.choice import choose
 from modelyard.compress import compress
+from modelyard.compress.formats import FormatRequest, tflite_variants
 from modelyard.config import TargetConfig, load_config
 from modelyard.errors import BundleError
 from modelyard.measure import Measurement
-from modelyard.pipeline import _tflite_variants, format_summary, run_pipeline
+from modelyard.pipeline import format_summary, run_pipeline
 from modelyard.runtime import load
 from modelyard.versions import default_version, read_record
 
@@ -139,7 +140,8 @@ def test_tflite_that_cannot_be_built_is_a_note_not_a_crash(
     raw["compress"]["quantize"] = ["int8-dynamic", "fp16"]
     config = load_config(raw)
     notes: list[str] = []
-    assert _tflite_variants(None, config, None, [], 0.9, notes) == []  # type: ignore[arg-type]
+    request = FormatRequest(None, config, None, [], 0.9, notes)  # type: ignore[arg-type]
+    assert tflite_variants(request) == []
     assert calls == [None]  # no quantized attempt once fp32 failed
     assert notes == [
         "no TFLite fp16 variant: the LiteRT exporter supports int8-dynamic",
@@ -149,7 +151,7 @@ def test_tflite_that_cannot_be_built_is_a_note_not_a_crash(
     # the exporter module itself cannot be imported (e.g. ai-edge-litert missing)
     monkeypatch.setitem(sys.modules, "modelyard.exporters.tflite", None)
     notes.clear()
-    assert _tflite_variants(None, config, None, [], 0.9, notes) == []  # type: ignore[arg-type]
+    assert tflite_variants(request) == []
     assert len(notes) == 1 and notes[0].startswith("no TFLite variants: ")
 
 

@@ -15,6 +15,7 @@ from importlib import import_module
 from typing import Any
 
 from modelyard.compress.clip import ClipReport, ClipSpec, clip_weights, parse_clip
+from modelyard.compress.formats import FORMAT_VARIANTS, FormatRequest, wanted_formats
 from modelyard.compress.quantize import QUANTIZERS, CalibrationData, preprocess
 from modelyard.compress.sources import eval_data, is_plain_fp32
 from modelyard.compress.variants import PRUNE_KINDS, compress
@@ -29,12 +30,14 @@ _LAZY = {
 }
 
 __all__ = [
+    "FORMAT_VARIANTS",
     "PRUNERS",
     "PRUNE_KINDS",
     "QUANTIZERS",
     "CalibrationData",
     "ClipReport",
     "ClipSpec",
+    "FormatRequest",
     "Measurement",
     "PruneReport",
     "PruneResult",
@@ -48,6 +51,7 @@ __all__ = [
     "parse_clip",
     "preprocess",
     "prune_model",
+    "wanted_formats",
 ]
 
 

@@ -364,7 +364,8 @@ def convert_fp16(
 
 Quantizer = Callable[..., dict[str, Any]]
 
-# quantization mode -> function(source, target, *, calibration) -> details for the manifest
+# quantization mode (config.QUANTIZE_MODES: tests/test_registries.py) ->
+# function(source, target, *, calibration) -> details for the manifest
 QUANTIZERS: dict[str, Quantizer] = {
     "int8-dynamic": quantize_dynamic_int8,
     "int8-static": quantize_static_int8,

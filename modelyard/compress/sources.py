@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 
 from modelyard.bundle import Bundle, Manifest, read_manifest, verify_bundle
 from modelyard.compress.quantize import CalibrationData
-from modelyard.config import Config, validate_config
+from modelyard.config import REFERENCE_FORMAT, Config, validate_config
 from modelyard.data import LabelSpace, load_splits, read_table
 from modelyard.errors import BundleError, ConfigError, DataError
 from modelyard.measure import LabelledTexts
@@ -64,10 +64,11 @@ def open_source(path: Path, repo: str | Path | None) -> Source:
 
 
 def is_plain_fp32(manifest: Manifest) -> bool:
-    """True for an ONNX bundle nobody has pruned, clipped or quantized (a plain export)."""
+    """True for a reference-format (ONNX) bundle nobody has pruned, clipped or quantized (a plain
+    export): what compress starts from."""
     v = manifest.variant or {}
     return (
-        manifest.format == "onnx"
+        manifest.format == REFERENCE_FORMAT
         and not v.get("quantization")
         and not v.get("pruning")
         and not v.get("clip")

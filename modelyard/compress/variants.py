@@ -28,9 +28,9 @@ from modelyard.bundle import Bundle
 from modelyard.compress.clip import ClipReport, ClipSpec, clip_weights, parse_clip
 from modelyard.compress.quantize import QUANTIZERS, CalibrationData, check_modes, preprocess
 from modelyard.compress.sources import EvalData, Source, calibration_data, eval_data, open_source
-from modelyard.compress.staging import (
+from modelyard.compress.write import (
     Base,
-    Settings,
+    VariantSettings,
     measure_variant,
     variant_record,
     write_variant,
@@ -119,7 +119,7 @@ def compress(
         )
     manifest = src.reference.manifest
     evaluation = eval_data(src.config, manifest, data)
-    settings = Settings(
+    settings = VariantSettings(
         repo=src.repo,
         max_drop=max_accuracy_drop,
         latency_runs=latency_runs,
@@ -139,7 +139,7 @@ def compress(
     with staging_dir(settings.repo / manifest.name) as work:
         bases = [Base("", src.reference.path / manifest.model_file, src.reference.version)]
         if prune is not None and src.run is not None:
-            from modelyard.compress.pruned import pruned_base  # torch: only pruning needs it
+            from modelyard.compress.pruned_base import pruned_base  # torch: only pruning needs it
 
             base, measured = pruned_base(
                 src, prune, prune_kind, finetune_epochs, evaluation, settings, work
@@ -160,7 +160,7 @@ def _graph_variants(
     clip_spec: ClipSpec | None,
     calibration: CalibrationData | None,
     evaluation: EvalData,
-    settings: Settings,
+    settings: VariantSettings,
     work: Path,
 ) -> list[Measurement]:
     """Clip and/or quantize one base graph: one written, measured bundle per mode."""

@@ -16,14 +16,19 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from modelyard.config.base import StrictModel
 from modelyard.config.data import KERAS_FILTERS, CleanConfig, DataConfig, TokenizerConfig
 from modelyard.config.deploy import (
+    EXPORT_FORMATS,
+    EXPORT_QUANTIZE_MODES,
     QUANTIZE_MODES,
+    REFERENCE_FORMAT,
     CompressConfig,
     ExportConfig,
     ExportFormat,
+    QuantizeMode,
     ServeConfig,
     TargetConfig,
 )
 from modelyard.config.families import (
+    MODEL_CONFIGS,
     MODEL_KINDS,
     BagOfNgramsConfig,
     CNNConfig,
@@ -45,9 +50,13 @@ from modelyard.errors import ConfigError
 from modelyard.tasks import get_task
 
 __all__ = [
+    "EXPORT_FORMATS",
+    "EXPORT_QUANTIZE_MODES",
     "KERAS_FILTERS",
+    "MODEL_CONFIGS",
     "MODEL_KINDS",
     "QUANTIZE_MODES",
+    "REFERENCE_FORMAT",
     "BagOfNgramsConfig",
     "CNNConfig",
     "CleanConfig",
@@ -63,6 +72,7 @@ __all__ = [
     "ModelConfig",
     "OptimizerConfig",
     "PretrainedModelConfig",
+    "QuantizeMode",
     "RNNConfig",
     "ScheduleConfig",
     "ServeConfig",
@@ -198,16 +208,6 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
-_MODEL_BY_KIND: dict[str, type[BaseModel]] = {
-    "lstm": RNNConfig,
-    "gru": RNNConfig,
-    "cnn": CNNConfig,
-    "transformer": TransformerConfig,
-    "pretrained": PretrainedModelConfig,
-    "bag_of_ngrams": BagOfNgramsConfig,
-}
-
-
 def _unknown_keys(
     raw: Any, model: type[BaseModel], prefix: tuple[str, ...]
 ) -> list[tuple[str, list[str]]]:
@@ -234,7 +234,7 @@ def _unknown_keys(
 def _section_model(model: type[BaseModel], key: str, value: Any) -> type[BaseModel] | None:
     if model is Config and key == "model":
         kind = value.get("kind") if isinstance(value, dict) else None
-        return _MODEL_BY_KIND.get(str(kind)) if kind is not None else None
+        return MODEL_CONFIGS.get(str(kind)) if kind is not None else None
     if model is Config and key == "targets":
         return TargetConfig
     annotation = model.model_fields[key].annotation

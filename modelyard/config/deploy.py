@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -12,14 +12,27 @@ from pydantic_core import PydanticCustomError
 from modelyard.config.base import StrictModel
 from modelyard.errors import ConfigError
 
-QUANTIZE_MODES: tuple[str, ...] = ("int8-dynamic", "int8-static", "fp16")
+# The names of the options, each spelled once. The registries of the later stations are keyed by
+# them (and tests check each registry's keys against its list): compress.QUANTIZERS by
+# QUANTIZE_MODES; exporters.EXPORTERS, runtime.BACKENDS and compress.FORMAT_VARIANTS by
+# EXPORT_FORMATS. The CLI's choices are read from here too, so it never imports torch to list them.
+QuantizeMode = Literal["int8-dynamic", "int8-static", "fp16"]
+QUANTIZE_MODES: tuple[str, ...] = get_args(QuantizeMode)
+ExportFormat = Literal["onnx", "tflite"]
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+# always built: the fp32 reference every variant is measured against, and the graphs compress
+# prunes, clips and quantizes
+REFERENCE_FORMAT: ExportFormat = "onnx"
+# the modes each format's exporter applies itself (`modelyard export --quantize`, the pipeline's
+# variants of that format); the reference format is quantized after export, by compress
+EXPORT_QUANTIZE_MODES: dict[str, tuple[str, ...]] = {"onnx": (), "tflite": ("int8-dynamic",)}
 
 
 class CompressConfig(StrictModel):
     prune: float | None = Field(None, ge=0.0, lt=1.0)
     prune_kind: Literal["unstructured", "structured"] = "unstructured"
     finetune_epochs: int = Field(0, ge=0)
-    quantize: list[Literal["int8-dynamic", "int8-static", "fp16"]] = Field(default_factory=list)
+    quantize: list[QuantizeMode] = Field(default_factory=list)
     clip: float | None = Field(None, gt=0.0)
     max_accuracy_drop: float = Field(1.0, ge=0.0)  # points
 
@@ -29,11 +42,8 @@ class CompressConfig(StrictModel):
         return [v] if isinstance(v, str) else v
 
 
-ExportFormat = Literal["onnx", "tflite"]
-
-
 def _default_formats() -> list[ExportFormat]:
-    return ["onnx"]
+    return [REFERENCE_FORMAT]
 
 
 class ExportConfig(StrictModel):
@@ -44,7 +54,7 @@ class ExportConfig(StrictModel):
 
 
 class TargetConfig(StrictModel):
-    format: Literal["onnx", "tflite"] = "onnx"
+    format: ExportFormat = REFERENCE_FORMAT
     max_size_mb: float | None = Field(None, gt=0.0)
     max_p99_ms: float | None = Field(None, gt=0.0)
     max_accuracy_drop: float | None = Field(None, ge=0.0)

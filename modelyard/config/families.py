@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -106,4 +106,11 @@ ModelConfig = Annotated[
     Union[RNNConfig, CNNConfig, TransformerConfig, BagOfNgramsConfig, PretrainedModelConfig],
     Field(discriminator="kind"),
 ]
-MODEL_KINDS: tuple[str, ...] = ("lstm", "gru", "cnn", "transformer", "bag_of_ngrams", "pretrained")
+# kind -> its section, read from the union above and each family's ``kind`` literal: adding a
+# family is one class and one union member (and its builder in models.MODEL_BUILDERS)
+MODEL_CONFIGS: dict[str, type[StrictModel]] = {
+    kind: family
+    for family in get_args(get_args(ModelConfig)[0])
+    for kind in get_args(family.model_fields["kind"].annotation)
+}
+MODEL_KINDS: tuple[str, ...] = tuple(MODEL_CONFIGS)

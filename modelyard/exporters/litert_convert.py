@@ -136,4 +136,5 @@ def _progress_off() -> Iterator[None]:
             os.environ[key] = before
 
 
+# the modes config.EXPORT_QUANTIZE_MODES["tflite"] names (tests/test_registries.py)
 TFLITE_QUANTIZERS: dict[str, Callable[[Path], None]] = {"int8-dynamic": quantize_int8_dynamic}

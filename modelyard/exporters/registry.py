@@ -7,19 +7,21 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.bundle import Bundle
+from modelyard.config import REFERENCE_FORMAT
 from modelyard.errors import BundleError
 from modelyard.exporters.onnx import export_onnx
 from modelyard.exporters.tflite import export_tflite
 from modelyard.runs import Run
 
-# bundle format -> exporter(run, *, repo, which, name, ...)
+# bundle format (config.EXPORT_FORMATS: tests/test_registries.py) -> exporter(run, *, repo, which,
+# name, ...)
 EXPORTERS: dict[str, Callable[..., Bundle]] = {"onnx": export_onnx, "tflite": export_tflite}
 
 
 def export(
     run: Run | str | Path,
     *,
-    format: str = "onnx",
+    format: str = REFERENCE_FORMAT,
     repo: str | Path | None = None,
     which: str = "best",
     name: str | None = None,

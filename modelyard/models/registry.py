@@ -6,13 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from modelyard.config import (
-    BagOfNgramsConfig,
-    CNNConfig,
-    PretrainedModelConfig,
-    RNNConfig,
-    TransformerConfig,
-)
+from modelyard.config import ModelConfig, PretrainedModelConfig
 from modelyard.errors import ConfigError
 from modelyard.models.bag_of_ngrams import build_bag_of_ngrams
 from modelyard.models.cnn import build_cnn
@@ -21,23 +15,20 @@ from modelyard.models.pretrained import build_pretrained
 from modelyard.models.rnn import build_rnn
 from modelyard.models.transformer import build_transformer
 
-AnyModelConfig = (
-    RNNConfig | CNNConfig | TransformerConfig | BagOfNgramsConfig | PretrainedModelConfig
-)
-
+# model kind (config.MODEL_KINDS, the same keys in the same order: tests/test_registries.py) ->
 # builder(cfg, *, task, vocab_size, num_outputs, max_length, pad_id) -> nn.Module
 MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "lstm": build_rnn,
     "gru": build_rnn,
     "cnn": build_cnn,
     "transformer": build_transformer,
-    "pretrained": build_pretrained,
     "bag_of_ngrams": build_bag_of_ngrams,
+    "pretrained": build_pretrained,
 }
 
 
 def build_model(
-    cfg: AnyModelConfig,
+    cfg: ModelConfig,
     *,
     task: str,
     vocab_size: int,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from itertools import cycle
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,13 +17,17 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from modelyard.config import EXPORT_FORMATS
 from modelyard.plots import save_figure
 
 if TYPE_CHECKING:
     from modelyard.choice import Choice
     from modelyard.measure import Measurement
 
-FORMAT_COLOURS = {"onnx": "#1f77b4", "tflite": "#ff7f0e"}
+# one colour per export format, in the order of the format list (matplotlib's tab10, without
+# the green of an unknown format and the red of a chosen ring)
+FORMAT_PALETTE = ("#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+FORMAT_COLOURS = dict(zip(EXPORT_FORMATS, cycle(FORMAT_PALETTE)))
 REJECTED_COLOUR = "#b0b0b0"
 CHOSEN_COLOUR = "#d62728"
 # marker area in points² for the largest model; the smallest keeps a readable floor

@@ -119,5 +119,5 @@ class ONNXBackend:
         return np.asarray(out, dtype=np.float32)
 
 
-# bundle format -> backend class
+# bundle format (config.EXPORT_FORMATS: tests/test_registries.py) -> backend class
 BACKENDS: dict[str, Callable[..., Backend]] = {"onnx": ONNXBackend, "tflite": LiteRTBackend}

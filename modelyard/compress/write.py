@@ -28,7 +28,10 @@ class Base:
 
 
 @dataclass
-class Settings:
+class VariantSettings:
+    """What every variant of one ``compress`` call shares: the repository it is written to,
+    how it is measured, and the fp32 reference's score it is judged against."""
+
     repo: Path
     max_drop: float
     latency_runs: int
@@ -62,7 +65,7 @@ def variant_record(
 def measure_variant(
     path: Path,
     evaluation: EvalData,
-    settings: Settings,
+    settings: VariantSettings,
     manifest: Manifest,
     *,
     name: str,
@@ -91,7 +94,7 @@ def write_variant(
     variant: dict[str, Any],
     parity: dict[str, Any],
     evaluation: EvalData,
-    settings: Settings,
+    settings: VariantSettings,
 ) -> Measurement:
     """Stage the variant as a bundle, measure it, then write it to the repository for good."""
     ref = src.reference

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from modelyard.compress.prune import finetune, prune_model
 from modelyard.compress.sources import EvalData, Source
-from modelyard.compress.staging import Base, Settings, variant_record, write_variant
+from modelyard.compress.write import Base, VariantSettings, variant_record, write_variant
 from modelyard.errors import ConfigError
 from modelyard.exporters.manifest import RunTokenizer
 from modelyard.exporters.onnx import export_checked_graph, parity_record
@@ -24,7 +24,7 @@ def pruned_base(
     kind: str,
     finetune_epochs: int,
     evaluation: EvalData,
-    settings: Settings,
+    settings: VariantSettings,
     work: Path,
 ) -> tuple[Base, Measurement]:
     """Prune (and fine-tune) the run's model, export it, check parity, write and measure it."""
