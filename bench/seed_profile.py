@@ -111,8 +111,8 @@ def profile_step(session: Session, steps: int) -> None:
 
 
 def padding(session: Session) -> None:
-    lengths = np.array([len(seq) for seq in session.train.seqs])
-    cap = session.max_length
+    lengths = session.data.train.lengths
+    cap = int(session.config.tokenizer.max_length)
     batches = epoch_batches(session, 0)
     real = sum(int(np.minimum(lengths[b], cap).sum()) for b in batches)
     padded = sum(int(min(lengths[b].max(), cap)) * len(b) for b in batches)

@@ -82,7 +82,7 @@ class ModelyardVariant:
         self.settings = environment.torch_settings(config)
         self.settings.__enter__()
         self.session = prepare.setup(config, overwrite=True)
-        self.samples = len(self.session.train.seqs)
+        self.samples = len(self.session.data.train)
 
     def epoch(self, epoch: int) -> float:
         t0 = time.perf_counter()

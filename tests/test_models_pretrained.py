@@ -510,3 +510,27 @@ def test_head_only_trains_the_head_on_cached_features_as_the_frozen_encoder_woul
 def test_head_only_and_lora_do_not_mix(bert_dir: Path) -> None:
     with pytest.raises(ConfigError, match="head_only trains the head alone"):
         tiny_model(bert_dir, head_only=True, lora={"r": 2})
+
+
+@pytest.mark.integration
+def test_head_only_trains_on_a_feature_dataset_without_running_the_encoder_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelyard.training import fit, setup
+    from modelyard.training.collate import FeatureBatches, FeatureSplit
+
+    bert = save_tiny_bert(tmp_path / "bert")
+    session = setup(tiny_run_config(tmp_path, str(bert), head_only=True))
+    data, model = session.data, session.trainer.model
+    assert isinstance(data.train, FeatureSplit) and isinstance(data.validation, FeatureSplit)
+    assert isinstance(data.batch, FeatureBatches)
+    assert data.train.features.shape == (len(data.train), 32)  # the encoder's hidden size
+    head = model.head.weight.detach().clone()
+
+    def encoder(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the frozen encoder ran again")
+
+    monkeypatch.setattr(model.encoder, "forward", encoder)
+    fit(session)  # steps and validation on the features alone
+    assert session.progress.global_step > 0 and len(session.progress.history) == 1
+    assert not torch.equal(model.head.weight, head)

@@ -31,7 +31,7 @@ from modelyard.config import load_config
 from modelyard.training import train
 from modelyard.training.checkpoint import load_state
 from modelyard.training.distributed import free_port, weights_digest
-from modelyard.training.inference import load_model
+from modelyard.training.predict import load_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

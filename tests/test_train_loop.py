@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from helpers.synthetic import write_synthetic
 from helpers.weights import assert_same_weights, weights, without_timing
@@ -228,3 +229,37 @@ def test_killed_run_resumes_to_identical_weights(tmp_path: Path) -> None:
 
 def _raw(tmp_path: Path) -> dict[str, Any]:
     return yaml.safe_load(dump_config(tiny_config(tmp_path)))
+
+
+# ---------------------------------------------------------------------- the loop's step hooks
+def test_prune_finetune_runs_the_training_loop_and_keeps_pruned_weights_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelyard.compress.prune import finetune, prune_model
+    from modelyard.training import epochs
+    from modelyard.training.optim import current_lr
+
+    schedule = {"name": "linear", "warmup_steps": 0}
+    run = train(tiny_config(tmp_path, epochs=1, schedule=schedule))
+    result = prune_model(load_model(run), 0.5)
+    pruned = {k: v.clone() for k, v in result.model.state_dict().items()}
+    steps: list[tuple[float, int]] = []
+    real_step = epochs.train_step
+
+    def train_step(loop: Any, group: Any) -> tuple[float, int]:
+        out = real_step(loop, group)
+        steps.append((current_lr(loop.trainer.optimizer), len(loop.hooks.after_step)))
+        return out
+
+    monkeypatch.setattr(epochs, "train_step", train_step)
+    finetune(result, run, 1)
+    report = result.report.finetune
+    assert report is not None and len(steps) == report["steps"] > 2
+    lrs = [lr for lr, _ in steps]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[0]  # the run's schedule steps
+    assert all(hooks == 1 for _, hooks in steps)  # the mask hook
+    for module, name, mask in result.masks:
+        assert torch.all(getattr(module, name)[mask == 0] == 0)
+    after = result.model.state_dict()
+    assert any(not torch.equal(after[k], pruned[k]) for k in pruned)  # it trained
+    assert not result.model.training

@@ -20,6 +20,7 @@ from modelyard.config import (
     RNNConfig,
     ScheduleConfig,
     TrainConfig,
+    load_config,
 )
 from modelyard.errors import ConfigError, RunError
 from modelyard.models import build_model
@@ -33,7 +34,7 @@ from modelyard.training.checkpoint import (
     save_weights,
     set_rng_state,
 )
-from modelyard.training.distributed import World
+from modelyard.training.collate import Data, TokenBatches, encoded_split
 from modelyard.training.environment import torch_settings
 from modelyard.training.epochs import train_step
 from modelyard.training.losses import build_loss, class_weights
@@ -46,6 +47,7 @@ from modelyard.training.optim import (
     current_lr,
     linear_factor,
 )
+from modelyard.training.state import Loop, Trainer
 
 pytestmark = pytest.mark.unit
 
@@ -175,38 +177,36 @@ def test_schedule_shapes() -> None:
 
 
 # -------------------------------------------------------------------------- grad accumulation
-def _session(
+def _loop(
     accum: int,
     batch: int,
     seqs: list[list[int]],
     y: np.ndarray,
     scale: float | None = None,
     grad_clip: float | None = None,
-) -> SimpleNamespace:
+) -> Loop:
     torch.manual_seed(0)
     cfg = RNNConfig(kind="gru", embedding_dim=8, hidden_size=16, dropout=0.0)
     model = build_model(cfg, task="binary", vocab_size=20, num_outputs=1, max_length=8)
-    train = TrainConfig(
-        grad_accum_steps=accum, batch_size=batch, optimizer="sgd", grad_clip=grad_clip
-    )
-    scaler = torch.amp.GradScaler("cpu", init_scale=scale or 1.0, enabled=scale is not None)
-    return SimpleNamespace(
-        config=SimpleNamespace(train=train),
+    optimizer = build_optimizer(model.parameters(), OptimizerConfig(name="sgd", lr=0.5))
+    trainer = Trainer(
         model=model,
-        device=torch.device("cpu"),
-        optimizer=build_optimizer(model.parameters(), OptimizerConfig(name="sgd", lr=0.5)),
-        schedule=SimpleNamespace(after_step=lambda: None),
         loss_fn=_loss("auto", "binary", y, 1),
-        max_length=8,
-        pad_id=0,
-        padding_side="right",
-        train=SimpleNamespace(seqs=seqs, targets=y),
-        progress=SimpleNamespace(global_step=0),
-        world=World(),  # one process
-        ddp=None,
-        scaler=scaler,
-        features={},  # no head_only cache
+        optimizer=optimizer,
+        schedule=build_schedule(optimizer, ScheduleConfig(), total_steps=1),
+        grad_clip=grad_clip,
+        scaler=torch.amp.GradScaler("cpu", init_scale=scale or 1.0, enabled=scale is not None),
     )
+    split = encoded_split(seqs, y)
+    cpu = torch.device("cpu")
+    data = Data(split, split, TokenBatches(pad_id=0, side="right", length=None, device=cpu))
+    train = {"grad_accum_steps": accum, "batch_size": batch, "optimizer": "sgd"}
+    config = load_config({"name": "t", "task": "binary", "data": {"train": "-"}, "train": train})
+    return Loop(config=config, data=data, trainer=trainer)
+
+
+def _params(loop: Loop) -> list[torch.nn.Parameter]:
+    return list(loop.trainer.model.parameters())
 
 
 def test_grad_accumulation_equals_one_big_batch() -> None:
@@ -214,13 +214,13 @@ def test_grad_accumulation_equals_one_big_batch() -> None:
     seqs = [list(rng.integers(1, 20, size=rng.integers(2, 8))) for _ in range(8)]
     y = (rng.random(8) > 0.5).astype(np.float32)
     idx = np.arange(8)
-    small = _session(2, 4, seqs, y)
-    big = _session(1, 8, seqs, y)
-    loss_small, n_small = train_step(small, [idx[:4], idx[4:]])  # type: ignore[arg-type]
-    loss_big, n_big = train_step(big, [idx])  # type: ignore[arg-type]
+    small = _loop(2, 4, seqs, y)
+    big = _loop(1, 8, seqs, y)
+    loss_small, n_small = train_step(small, [idx[:4], idx[4:]])
+    loss_big, n_big = train_step(big, [idx])
     assert n_small == n_big == 8
     assert loss_small == pytest.approx(loss_big, rel=1e-5)
-    for a, b in zip(small.model.parameters(), big.model.parameters(), strict=True):
+    for a, b in zip(_params(small), _params(big), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
@@ -231,13 +231,17 @@ def test_a_loss_scaled_step_equals_the_unscaled_one_clipping_included() -> None:
     seqs = [list(rng.integers(1, 20, size=rng.integers(2, 8))) for _ in range(8)]
     y = (rng.random(8) > 0.5).astype(np.float32)
     idx = np.arange(8)
-    plain = _session(2, 4, seqs, y, grad_clip=0.05)
-    scaled = _session(2, 4, seqs, y, scale=2.0**12, grad_clip=0.05)
-    for session in (plain, scaled):
-        train_step(session, [idx[:4], idx[4:]])  # type: ignore[arg-type]
-    for a, b in zip(plain.model.parameters(), scaled.model.parameters(), strict=True):
+    plain = _loop(2, 4, seqs, y, grad_clip=0.05)
+    scaled = _loop(2, 4, seqs, y, scale=2.0**12, grad_clip=0.05)
+    for loop in (plain, scaled):
+        train_step(loop, [idx[:4], idx[4:]])
+    for a, b in zip(
+        plain.trainer.model.parameters(), scaled.trainer.model.parameters(), strict=True
+    ):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
-    assert scaled.scaler.get_scale() == 2.0**12  # no overflow: the scale stays until it grows
+    assert (
+        scaled.trainer.scaler.get_scale() == 2.0**12
+    )  # no overflow: the scale stays until it grows
 
 
 def test_fp16_needs_cuda() -> None:

@@ -359,8 +359,10 @@ PRUNERS: dict[str, Callable[[nn.Module, float], PruneResult]] = {
 def finetune(result: PruneResult, run: Any, epochs: int, *, max_steps: int | None = None) -> None:
     """Continue training a pruned model on the run's training data, keeping pruned weights zero.
 
-    The run's own loss and optimizer settings are used; the batches are length-bucketed and
-    seeded by the run's seed. The model is left in eval mode.
+    This is the training loop itself (:func:`modelyard.training.epochs.train_epoch`) with the
+    run's settings: its loss, optimizer, schedule (over the fine-tune's steps), precision,
+    accumulation, clipping, device and batches seeded by the run's seed; an ``after_step`` hook
+    re-applies the masks after every optimizer step. The model is left on the CPU in eval mode.
 
     Args:
         result: from :func:`prune_model`; its masks are re-applied after every step.
@@ -368,52 +370,46 @@ def finetune(result: PruneResult, run: Any, epochs: int, *, max_steps: int | Non
         epochs: passes over the training split.
         max_steps: stop after this many optimizer steps (tests; ``None``: whole epochs).
     """
-    from modelyard.data import bucket_batches, load_splits
-    from modelyard.tokenize import encode, load_tokenizer, tokenizer_info
-    from modelyard.training.inference import to_tensors
-    from modelyard.training.losses import build_loss
-    from modelyard.training.optim import build_optimizer
-    from modelyard.training.param_groups import parameter_groups
+    from modelyard.data import load_splits
+    from modelyard.tokenize import load_tokenizer
+    from modelyard.training.collate import Data
+    from modelyard.training.environment import check_precision, resolve_device, seed_everything
+    from modelyard.training.epochs import train_epoch
+    from modelyard.training.prepare import build_trainer, encode_split, token_batches
+    from modelyard.training.state import Loop, StepEnd
 
     if epochs <= 0:
         return
-    config = run.config
+    train_cfg = run.config.train.model_copy(update={"epochs": epochs})
+    config = run.config.model_copy(update={"train": train_cfg})
+    device = resolve_device(train_cfg.device)
+    check_precision(train_cfg.precision, device)
     splits = load_splits(config)
     tokenizer = load_tokenizer(run.paths.tokenizer)
-    info = tokenizer_info(tokenizer)
-    seqs = encode(tokenizer, splits.train.texts)
-    targets = np.asarray(splits.train.targets)
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    model = result.model
-    loss_fn = build_loss(config.train.loss, config.task, targets, run.labels.num_outputs)
-    optimizer = build_optimizer(
-        parameter_groups(model, config.train.optimizer), config.train.optimizer
+    data = Data(
+        train=encode_split(tokenizer, splits.train),
+        validation=encode_split(tokenizer, splits.validation),
+        batch=token_batches(config, tokenizer, device),
     )
-    rng = np.random.default_rng([config.seed % 2**32, 1])
-    torch.manual_seed(config.seed)
-    model.train()
-    steps, losses = 0, []
-    for _ in range(epochs):
-        batches = bucket_batches(lengths, config.train.batch_size, shuffle=True, rng=rng)
-        for idx in batches:
-            ids, mask = to_tensors(
-                [seqs[i] for i in idx], pad_id=info.pad_id, side=info.padding_side,
-                length=None, device=torch.device("cpu"),
-            )  # fmt: skip
-            loss = loss_fn(model(ids, mask), torch.from_numpy(targets[idx]))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.train.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
-            optimizer.step()
-            result.apply_masks()
-            losses.append(float(loss.detach()))
-            steps += 1
-            if max_steps is not None and steps >= max_steps:
-                break
-        if max_steps is not None and steps >= max_steps:
+    model = result.model.to(device)
+    result.masks = [(module, name, mask.to(device)) for module, name, mask in result.masks]
+    losses: list[float] = []
+
+    def keep_pruned_zero(loop: Loop, step: StepEnd) -> None:
+        result.apply_masks()
+        losses.append(step.loss_sum / step.samples)
+
+    trainer = build_trainer(config, model, data.train, run.labels.num_outputs, device)
+    loop = Loop(config=config, data=data, trainer=trainer)
+    loop.hooks.after_step.append(keep_pruned_zero)
+    seed_everything(config.seed)
+    for epoch in range(epochs):
+        train_epoch(loop, epoch, max_steps=max_steps)
+        if max_steps is not None and loop.progress.global_step >= max_steps:
             break
-    model.eval()
+    model.cpu().eval()
+    result.masks = [(module, name, mask.cpu()) for module, name, mask in result.masks]
+    steps = loop.progress.global_step
     result.report.finetune = {
         "epochs": epochs,
         "steps": steps,

@@ -8,19 +8,29 @@ using dynamic batch and sequence axes.
 from __future__ import annotations
 
 from modelyard.models.bag_of_ngrams import BagOfNgramsClassifier, build_bag_of_ngrams
+from modelyard.models.capabilities import AdapterModel, Capabilities, FeatureModel
 from modelyard.models.cnn import CNNClassifier, build_cnn
 from modelyard.models.heads import head_outputs, make_head
 from modelyard.models.initialization import INITIALIZERS, initialize
 from modelyard.models.pretrained import PretrainedClassifier, build_pretrained
-from modelyard.models.registry import MODEL_BUILDERS, build_model
+from modelyard.models.registry import (
+    FAMILY_CAPABILITIES,
+    MODEL_BUILDERS,
+    build_model,
+    capabilities,
+)
 from modelyard.models.rnn import RNNClassifier, build_rnn
 from modelyard.models.transformer import TransformerClassifier, build_transformer
 
 __all__ = [
+    "FAMILY_CAPABILITIES",
     "INITIALIZERS",
     "MODEL_BUILDERS",
+    "AdapterModel",
     "BagOfNgramsClassifier",
     "CNNClassifier",
+    "Capabilities",
+    "FeatureModel",
     "PretrainedClassifier",
     "RNNClassifier",
     "TransformerClassifier",
@@ -30,6 +40,7 @@ __all__ = [
     "build_pretrained",
     "build_rnn",
     "build_transformer",
+    "capabilities",
     "head_outputs",
     "initialize",
     "make_head",

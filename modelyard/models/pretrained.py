@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from modelyard.config import LoRAConfig, PretrainedModelConfig
 from modelyard.errors import ConfigError
+from modelyard.models.capabilities import Capabilities
 from modelyard.models.heads import make_head
 from modelyard.models.masking import masked_mean, to_right_padding
 from modelyard.tokenize.pretrained import resolve_model_dir
@@ -59,15 +60,14 @@ class PretrainedClassifier(nn.Module):
         self.token_types = int(getattr(encoder.config, "type_vocab_size", 0) or 0) > 0
         self.layer_prefixes = _layer_prefixes(encoder, "encoder.")
         self.num_layers = len(self.layer_prefixes) - 1  # entry 0 is the embeddings
-        # the encoder is frozen whole and training runs the head on cached features
-        self.head_only = False
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Logits (B, num_outputs) for ids and mask of shape (B, T), padded on either side."""
         return self.classify(self.features(input_ids, attention_mask))
 
     def features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """The pooled encoder outputs (B, C): what the head sees (``head_only`` caches them)."""
+        """The pooled encoder outputs (B, C): what the head sees (``head_only`` computes them
+        once)."""
         batch = to_right_padding(input_ids, attention_mask)
         inputs = {"input_ids": batch.ids, "attention_mask": batch.valid.to(torch.long)}
         if self.token_types:
@@ -168,8 +168,12 @@ def build_pretrained(
         if cfg.lora is not None:
             raise ConfigError("model.head_only trains the head alone: drop model.lora")
         encoder.requires_grad_(False)
-        model.head_only = True
     return model
+
+
+def pretrained_capabilities(cfg: PretrainedModelConfig) -> Capabilities:
+    """``head_only`` trains the head alone on features computed once; LoRA adapters merge."""
+    return Capabilities(head_only=cfg.head_only, merges_adapters=cfg.lora is not None)
 
 
 def freeze(model: PretrainedClassifier, *, embeddings: bool, layers: int) -> None:

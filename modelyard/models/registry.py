@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
 from modelyard.config import ModelConfig, PretrainedModelConfig
 from modelyard.errors import ConfigError
 from modelyard.models.bag_of_ngrams import build_bag_of_ngrams
+from modelyard.models.capabilities import Capabilities
 from modelyard.models.cnn import build_cnn
 from modelyard.models.initialization import initialize
-from modelyard.models.pretrained import build_pretrained
+from modelyard.models.pretrained import build_pretrained, pretrained_capabilities
 from modelyard.models.rnn import build_rnn
 from modelyard.models.transformer import build_transformer
 
@@ -25,6 +27,17 @@ MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "bag_of_ngrams": build_bag_of_ngrams,
     "pretrained": build_pretrained,
 }
+
+# what a family's models can do beyond forward, from their config; a kind not listed: nothing
+FAMILY_CAPABILITIES: dict[str, Callable[[Any], Capabilities]] = {
+    "pretrained": pretrained_capabilities,
+}
+
+
+def capabilities(cfg: ModelConfig) -> Capabilities:
+    """What the model ``cfg`` builds can do beyond ``forward(ids, mask)``, as its family says."""
+    declare = FAMILY_CAPABILITIES.get(cfg.kind)
+    return declare(cfg) if declare is not None else Capabilities()
 
 
 def build_model(

@@ -1,8 +1,8 @@
 """The training station: ``train(config) -> Run``, checkpoints, resume, torch predictions.
 
-The steps of :func:`train` are importable one by one: :func:`setup` (:mod:`.setup`), :func:`fit`
-and :func:`validate` (:mod:`.fit`), :func:`finish` (:mod:`.recipe`). This package imports torch;
-the serving side never imports it.
+The steps of :func:`train` are importable one by one: :func:`setup` (:mod:`.prepare`),
+:func:`fit` and :func:`validate` (:mod:`.epochs`), :func:`finish` (:mod:`.recipe`). This package
+imports torch; the serving side never imports it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from modelyard.runs import Run, RunPaths, is_run_dir
 from modelyard.training.epochs import fit, validate
 from modelyard.training.evaluation import EvalResult, evaluate, evaluate_examples
-from modelyard.training.inference import load_model, predict_texts
+from modelyard.training.predict import load_model, predict_texts
 from modelyard.training.prepare import setup
 from modelyard.training.recipe import finish, train
 from modelyard.training.state import Session

@@ -6,14 +6,14 @@ import numpy as np
 
 from modelyard.config import Config
 from modelyard.data import bucket_batches
-from modelyard.training.state import Session
+from modelyard.training.state import Loop
 
 
-def epoch_batches(session: Session, epoch: int) -> list[np.ndarray]:
+def epoch_batches(loop: Loop, epoch: int) -> list[np.ndarray]:
     """The training batches (index arrays) of ``epoch``: a pure function of ``(seed, epoch)``."""
-    cfg = session.config
+    cfg = loop.config
     rng = np.random.default_rng([cfg.seed % 2**32, epoch])
-    return batch_indices(session.train.lengths, cfg.train.batch_size, cfg.train.bucketing, rng)
+    return batch_indices(loop.data.train.lengths, cfg.train.batch_size, cfg.train.bucketing, rng)
 
 
 def batch_indices(

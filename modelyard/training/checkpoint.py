@@ -121,13 +121,15 @@ def save_checkpoint(session: Session) -> None:
         return
     p = session.progress
     meta = {"epoch": str(p.epoch), "step_in_epoch": str(p.step_in_epoch)}
-    save_weights(session.paths.weights("last"), session.model, meta)
+    save_weights(session.paths.weights("last"), session.trainer.model, meta)
     state = {
         "format": STATE_FORMAT,
-        "model": {k: v.detach().cpu().clone() for k, v in session.model.state_dict().items()},
-        "optimizer": session.optimizer.state_dict(),
-        "schedule": session.schedule.state_dict(),
-        "scaler": session.scaler.state_dict(),
+        "model": {
+            k: v.detach().cpu().clone() for k, v in session.trainer.model.state_dict().items()
+        },
+        "optimizer": session.trainer.optimizer.state_dict(),
+        "schedule": session.trainer.schedule.state_dict(),
+        "scaler": session.trainer.scaler.state_dict(),
         "rng": rngs[0],
         "world_size": session.world.size,
         "rank_rng": rngs,  # rank r resumes with rank_rng[r]
@@ -159,16 +161,17 @@ def restore_checkpoint(session: Session) -> None:
             f"{session.paths.dir} was trained with {saved_world} process(es); resume it with "
             f"--nproc {saved_world} (this run has {session.world.size})"
         )
+    parts = session.trainer
     try:
-        session.model.load_state_dict(state["model"])
-        session.optimizer.load_state_dict(state["optimizer"])
+        parts.model.load_state_dict(state["model"])
+        parts.optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError) as exc:
         raise RunError(
             f"{session.paths.state}: checkpoint does not fit the configured model: {exc}"
         ) from exc
-    session.schedule.load_state_dict(state["schedule"])
+    parts.schedule.load_state_dict(state["schedule"])
     if state.get("scaler"):  # fp16 runs; empty for a disabled scaler
-        session.scaler.load_state_dict(state["scaler"])
+        parts.scaler.load_state_dict(state["scaler"])
     session.best.load_state_dict(state["best"])
     if session.early_stopping is not None and state["early_stopping"] is not None:
         session.early_stopping.load_state_dict(state["early_stopping"])

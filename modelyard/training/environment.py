@@ -68,6 +68,11 @@ def check_precision(precision: str, device: torch.device) -> None:
     warn_slow_bf16(precision, device)
 
 
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of ``train.precision``; ``None`` for fp32 (no autocast)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
 def warn_slow_bf16(precision: str, device: torch.device) -> None:
     """Say so when bf16 autocast on this CPU is emulated (no AVX512-BF16): far slower than fp32."""
     if precision != "bf16" or device.type != "cpu":

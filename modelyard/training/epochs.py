@@ -15,7 +15,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,17 +27,17 @@ from modelyard.metrics import json_safe
 from modelyard.tasks import compute_metrics
 from modelyard.training.batches import epoch_batches
 from modelyard.training.checkpoint import save_checkpoint, save_weights
+from modelyard.training.collate import EncodedSplit, FeatureSplit
 from modelyard.training.distributed import accumulating, all_reduce_sum, broadcast, shard
-from modelyard.training.inference import activate_logits, forward_logits, metric_scores, to_tensors
 from modelyard.training.optim import current_lr
-from modelyard.training.state import EncodedSplit, HeadOnly, Session
+from modelyard.training.predict import activate_logits, forward_logits, metric_scores
+from modelyard.training.state import AfterStep, Loop, Session, StepEnd
 
 log = logging.getLogger("modelyard.training")
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # train.precision -> autocast dtype
 
 
-def train_step(session: Session, group: Sequence[np.ndarray]) -> tuple[float, int]:
-    """One optimizer step over ``group`` (``grad_accum_steps`` micro-batches).
+def train_step(loop: Loop, group: Sequence[np.ndarray]) -> tuple[float, int]:
+    """One optimizer step over ``group`` (``grad_accum_steps`` micro-batches of the train split).
 
     Each micro-batch's mean loss is weighted by its share of the group's samples, so the
     gradient equals that of one batch holding the whole group. In a data-parallel run each rank
@@ -47,56 +47,45 @@ def train_step(session: Session, group: Sequence[np.ndarray]) -> tuple[float, in
     Returns:
         The summed training loss over the group's samples (all ranks), and the sample count.
     """
-    cfg = session.config.train
-    model, device, world = session.model, session.device, session.world
-    net = session.ddp if session.ddp is not None else model
+    parts, data, world = loop.trainer, loop.data, loop.world
+    model = parts.model
+    net = parts.ddp if parts.ddp is not None else parts.forward or model
     model.train()
-    session.optimizer.zero_grad(set_to_none=True)
+    parts.optimizer.zero_grad(set_to_none=True)
     total = sum(len(idx) for idx in group)
-    dtype = _AUTOCAST.get(cfg.precision)
-    cached = session.features.get("train")
+    dtype = parts.autocast
+    device_type = data.batch.device.type
     loss_sum = 0.0
-    length = None if cfg.bucketing else session.max_length
-    for k, batch in enumerate(group):
-        idx = shard(batch, world)
+    for k, indices in enumerate(group):
+        idx = shard(indices, world)
         weight = len(idx) / total * world.size
         if len(idx) == 0:  # a last batch smaller than the world: join the all-reduce with 0
-            idx, weight = batch[:1], 0.0
+            idx, weight = indices[:1], 0.0
         # DDP all-reduces on the group's last backward only; earlier ones accumulate locally
-        sync = accumulating(session.ddp) if k < len(group) - 1 else contextlib.nullcontext()
-        targets = torch.from_numpy(session.train.targets[idx]).to(device)
+        sync = accumulating(parts.ddp) if k < len(group) - 1 else contextlib.nullcontext()
+        batch = data.batch(data.train, idx)
         with sync:
-            if cached is not None:  # head_only: the head on the frozen encoder's features
-                logits = cast(HeadOnly, model).classify(cached[torch.from_numpy(idx)].to(device))
-            else:
-                ids, mask = to_tensors(
-                    [session.train.seqs[i] for i in idx],
-                    pad_id=session.pad_id,
-                    side=session.padding_side,
-                    length=length,
-                    device=device,
-                )
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    logits = net(ids, mask)
-            loss = session.loss_fn(logits.float(), targets)
-            session.scaler.scale(loss * weight).backward()
+            with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+                logits = net(*batch.inputs)
+            loss = parts.loss_fn(logits.float(), batch.targets)
+            parts.scaler.scale(loss * weight).backward()
         if weight > 0:
             loss_sum += float(loss.detach()) * len(idx)
     (loss_sum,) = all_reduce_sum([loss_sum], world)
     if not math.isfinite(loss_sum):
         raise RunError(
-            f"training loss became {loss_sum} at step {session.progress.global_step + 1}; "
+            f"training loss became {loss_sum} at step {loop.progress.global_step + 1}; "
             "lower train.optimizer.lr or set train.grad_clip"
         )
-    scaler = session.scaler
-    if cfg.grad_clip is not None:
-        scaler.unscale_(session.optimizer)  # clip the true gradients, not the scaled ones
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler = parts.scaler
+    if parts.grad_clip is not None:
+        scaler.unscale_(parts.optimizer)  # clip the true gradients, not the scaled ones
+        nn.utils.clip_grad_norm_(model.parameters(), parts.grad_clip)
     # fp16: a step whose gradients overflowed is skipped and the scale lowered (the loss itself
     # is computed in fp32, so the finite check above still holds)
-    scaler.step(session.optimizer)
+    scaler.step(parts.optimizer)
     scaler.update()
-    session.schedule.after_step()
+    parts.schedule.after_step()
     return loss_sum, total
 
 
@@ -104,11 +93,16 @@ def _show_progress(enabled: bool) -> bool:
     return enabled and sys.stderr.isatty()
 
 
-def train_epoch(session: Session, epoch: int) -> None:
-    """Train the rest of ``epoch`` (all of it, unless resuming mid-epoch)."""
-    cfg = session.config.train
-    p = session.progress
-    batches = epoch_batches(session, epoch)
+def train_epoch(loop: Loop, epoch: int, *, max_steps: int | None = None) -> None:
+    """Train the rest of ``epoch`` (all of it, unless resuming mid-epoch), running the loop's
+    ``after_step`` hooks after every step.
+
+    Args:
+        max_steps: stop once ``progress.global_step`` reaches it (a budget; ``None``: no limit).
+    """
+    cfg = loop.config.train
+    p = loop.progress
+    batches = epoch_batches(loop, epoch)
     accum = cfg.grad_accum_steps
     bar = tqdm(
         total=len(batches),
@@ -116,14 +110,16 @@ def train_epoch(session: Session, epoch: int) -> None:
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
         unit="batch",
         leave=False,
-        disable=not _show_progress(cfg.progress and session.world.is_main),
+        disable=not _show_progress(cfg.progress and loop.world.is_main),
         dynamic_ncols=True,
     )
     try:
         for start in range(p.step_in_epoch, len(batches), accum):
+            if max_steps is not None and p.global_step >= max_steps:
+                break
             t0 = time.perf_counter()
             group = batches[start : start + accum]
-            loss_sum, n = train_step(session, group)
+            loss_sum, n = train_step(loop, group)
             p.elapsed_s += time.perf_counter() - t0
             p.loss_sum += loss_sum
             p.seen += n
@@ -135,51 +131,50 @@ def train_epoch(session: Session, epoch: int) -> None:
                 loss=f"{p.loss_sum / p.seen:.4f}",
                 samples_s=f"{p.seen / max(p.elapsed_s, 1e-9):.0f}",
             )
-            every = cfg.checkpoint_every_steps
-            if every and p.global_step % every == 0 and p.step_in_epoch < len(batches):
-                save_checkpoint(session)
+            step = StepEnd(loss_sum, n, last_of_epoch=p.step_in_epoch >= len(batches))
+            for hook in loop.hooks.after_step:
+                hook(loop, step)
     finally:
         bar.close()
 
 
-def validate(session: Session, split: EncodedSplit | None = None) -> dict[str, float]:
-    """Loss and task metrics of the current model on a split (default: validation).
+def mid_epoch_checkpoints(session: Session, every: int) -> AfterStep:
+    """An ``after_step`` hook: a checkpoint to resume from every ``every`` optimizer steps (the
+    epoch's last step is checkpointed by :func:`end_epoch`)."""
+
+    def hook(loop: Loop, step: StepEnd) -> None:
+        if loop.progress.global_step % every == 0 and not step.last_of_epoch:
+            save_checkpoint(session)
+
+    return hook
+
+
+def validate(
+    session: Session, split: EncodedSplit | FeatureSplit | None = None
+) -> dict[str, float]:
+    """Loss and task metrics of the current model on a split of the session's data (default: its
+    validation split).
 
     Returns:
         ``{"val_loss": ..., "val_<metric>": ...}``.
     """
-    cached = session.features.get("validation") if split is None else None
-    split = split if split is not None else session.validation
+    data, parts = session.data, session.trainer
+    split = split if split is not None else data.validation
     task = session.config.task
-    if cached is not None:  # head_only: the head on the frozen encoder's features
-        logits = _classify(session.model, cached, session.device)
-    else:
-        logits = forward_logits(
-            session.model,
-            split.seqs,
-            batch_size=session.config.train.batch_size,
-            pad_id=session.pad_id,
-            side=session.padding_side,
-            length=None if session.config.train.bucketing else session.max_length,
-            device=session.device,
-        )
-    targets = torch.from_numpy(split.targets).to(session.device)
+    logits = forward_logits(
+        parts.model,
+        split,
+        data.batch,
+        batch_size=session.config.train.batch_size,
+        call=parts.forward,
+    )
+    device = data.batch.device
+    targets = torch.from_numpy(split.targets).to(device)
     with torch.no_grad():
-        val_loss = float(session.loss_fn(logits.to(session.device), targets))
+        val_loss = float(parts.loss_fn(logits.to(device), targets))
     scores = metric_scores(task, activate_logits(task, logits).numpy())
     metrics = compute_metrics(task, split.targets, scores, list(session.labels.labels))
     return {"val_loss": val_loss, **{f"val_{k}": float(v) for k, v in metrics.items()}}
-
-
-@torch.no_grad()
-def _classify(model: nn.Module, features: torch.Tensor, device: torch.device) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    try:
-        logits = cast(HeadOnly, model).classify(features.to(device)).float().cpu()
-    finally:
-        model.train(was_training)
-    return logits
 
 
 def end_epoch(session: Session, epoch: int) -> bool:
@@ -198,7 +193,7 @@ def end_epoch(session: Session, epoch: int) -> bool:
             "step": p.global_step,
             "train_loss": p.loss_sum / max(p.seen, 1),
             **validate(session),
-            "lr": current_lr(session.optimizer),
+            "lr": current_lr(session.trainer.optimizer),
             "epoch_time_s": round(p.elapsed_s, 4),
             "samples_per_s": round(p.seen / max(p.elapsed_s, 1e-9), 1),
         }
@@ -209,11 +204,13 @@ def end_epoch(session: Session, epoch: int) -> bool:
     if main:
         with session.paths.metrics.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(json_safe(record)) + "\n")
-    session.schedule.after_epoch(record)
+    session.trainer.schedule.after_epoch(record)
     improved = session.best.update(float(record[session.best.monitor]), epoch + 1)
     # a NaN monitor (e.g. ROC AUC on one class) never improves; still keep a best checkpoint
     if main and (improved or not session.paths.weights("best").is_file()):
-        save_weights(session.paths.weights("best"), session.model, {"epoch": str(epoch + 1)})
+        save_weights(
+            session.paths.weights("best"), session.trainer.model, {"epoch": str(epoch + 1)}
+        )
     stop = session.early_stopping.step(record) if session.early_stopping is not None else False
     if main:
         log.info(_epoch_line(record, cfg.epochs, improved))

@@ -1,7 +1,8 @@
 """Evaluate a trained model on labelled data: metrics, per-class report, plots.
 
-``evaluate(path)`` dispatches on what ``path`` is. A training run (``runs/NAME``, with run.json and
-config.yaml) is scored with its torch model; bundles are the next thing to plug in here.
+``evaluate(path)`` scores a training run (``runs/NAME``, with run.json and config.yaml) with its
+torch model. Bundles are scored without torch by :func:`modelyard.runtime.evaluate_bundle`
+(``modelyard evaluate`` picks one or the other by what the path holds).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from modelyard.metrics import (
 from modelyard.plots import plot_confusion_matrix, plot_learning_curves
 from modelyard.runs import Run, is_run_dir
 from modelyard.tasks import get_task
-from modelyard.training.inference import predict_texts
+from modelyard.training.predict import predict_texts
 
 
 @dataclass

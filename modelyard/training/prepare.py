@@ -10,17 +10,18 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import yaml
+from torch import nn
 
 from modelyard.atomic import atomic_path, atomic_write_text
-from modelyard.config import Config, dump_config
+from modelyard.config import Config, ScheduleConfig, dump_config
 from modelyard.data import load_splits
 from modelyard.errors import ConfigError, RunError
-from modelyard.models import build_model
+from modelyard.models import build_model, capabilities
 from modelyard.runs import RunPaths
 from modelyard.staging import remove_temp_files
 from modelyard.tasks import compute_metrics
@@ -28,13 +29,20 @@ from modelyard.tokenize import build_tokenizer, encode, load_tokenizer, tokenize
 from modelyard.training.batches import batches_per_epoch
 from modelyard.training.callbacks import BestTracker, EarlyStopping, metric_mode, resolve_monitor
 from modelyard.training.checkpoint import restore_checkpoint
+from modelyard.training.collate import Data, EncodedSplit, TokenBatches, encoded_split
 from modelyard.training.distributed import World, local_rank, on_main, seed_rank, wrap
-from modelyard.training.environment import check_precision, resolve_device, seed_everything
-from modelyard.training.inference import forward_logits
+from modelyard.training.environment import (
+    autocast_dtype,
+    check_precision,
+    resolve_device,
+    seed_everything,
+)
+from modelyard.training.epochs import mid_epoch_checkpoints
+from modelyard.training.head_only import on_features
 from modelyard.training.losses import build_loss
 from modelyard.training.optim import build_optimizer, build_schedule
 from modelyard.training.param_groups import parameter_groups
-from modelyard.training.state import EncodedSplit, HeadOnly, Session, write_run_json
+from modelyard.training.state import Session, Trainer, write_run_json
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -108,29 +116,6 @@ def _load_or_build_tokenizer(
     return tok
 
 
-def _cached_features(session: Session) -> dict[str, torch.Tensor]:
-    """``head_only``: the frozen encoder's pooled outputs for the train and validation texts,
-    computed once (in eval mode, so without dropout) for every epoch to train the head on."""
-    model = session.model
-    tcfg = session.config.train
-    log.info(
-        "head_only: encoding %d texts once", len(session.train.seqs) + len(session.validation.seqs)
-    )
-    features = {}
-    for name, split in (("train", session.train), ("validation", session.validation)):
-        features[name] = forward_logits(
-            model,
-            split.seqs,
-            batch_size=tcfg.batch_size,
-            pad_id=session.pad_id,
-            side=session.padding_side,
-            length=None if tcfg.bucketing else session.max_length,
-            device=session.device,
-            call=cast(HeadOnly, model).features,
-        )
-    return features
-
-
 def _available_monitors(config: Config, labels: LabelSpace, targets: np.ndarray) -> list[str]:
     """The record keys a monitor may name, learnt from metrics on placeholder scores."""
     scores = labels.kind.placeholder_scores(len(targets), labels.num_outputs)
@@ -184,7 +169,8 @@ def setup(
     paths = RunPaths(config.run_dir)
     tcfg = config.train
     world = world if world is not None else World()
-    if getattr(config.model, "head_only", False) and world.size > 1:
+    caps = capabilities(config.model)
+    if caps.head_only and world.size > 1:
         raise ConfigError("model.head_only trains the head in one process: drop --nproc")
     device = resolve_device(tcfg.device, local_rank(world))
     check_precision(tcfg.precision, device)
@@ -222,67 +208,52 @@ def setup(
         atomic_write_text(paths.config, dump_config(config))
     tok = _load_or_build_tokenizer(config, paths, splits, resume, world)
     info = tokenizer_info(tok)
-    train_split = encode_split(tok, splits.train)
-    validation = encode_split(tok, splits.validation)
+    data = Data(
+        train=encode_split(tok, splits.train),
+        validation=encode_split(tok, splits.validation),
+        batch=token_batches(config, tok, device),
+        test=splits.test,
+    )
 
     # the model is built right after seeding so its initial weights depend on the seed alone
     seed_everything(config.seed)
-    max_length = int(config.tokenizer.max_length)
     model = build_model(
         config.model,
         task=config.task,
         vocab_size=int(info.vocab_size),
         num_outputs=splits.labels.num_outputs,
-        max_length=max_length,
+        max_length=int(config.tokenizer.max_length),
         pad_id=int(info.pad_id),
     ).to(device)
     seed_rank(world, config.seed)
-    loss_fn = build_loss(tcfg.loss, config.task, train_split.targets, splits.labels.num_outputs).to(
-        device
-    )
-    optimizer = build_optimizer(parameter_groups(model, tcfg.optimizer), tcfg.optimizer)
-    n_batches = batches_per_epoch(config, train_split.lengths)
-    steps_per_epoch = math.ceil(n_batches / tcfg.grad_accum_steps)
-    schedule = build_schedule(
-        optimizer,
-        schedule_cfg,
-        total_steps=steps_per_epoch * tcfg.epochs,
-        monitor_mode=metric_mode(schedule_cfg.monitor),
+    trainer = build_trainer(
+        config, model, data.train, splits.labels.num_outputs, device, schedule=schedule_cfg
     )
     session = Session(
         config=config,
         paths=paths,
         labels=splits.labels,
         tokenizer=tok,
-        pad_id=int(info.pad_id),
-        padding_side=str(info.padding_side),
-        max_length=max_length,
-        train=train_split,
-        validation=validation,
-        test=splits.test,
-        model=model,
-        loss_fn=loss_fn,
-        optimizer=optimizer,
-        schedule=schedule,
-        device=device,
+        data=data,
+        trainer=trainer,
         best=best,
         early_stopping=early,
         world=world,
-        # dynamic loss scaling for fp16; disabled, its calls pass straight through
-        scaler=torch.amp.GradScaler(device.type, enabled=tcfg.precision == "fp16"),
     )
     if resume:
         restore_checkpoint(session)
-    if getattr(model, "head_only", False):
-        session.features = _cached_features(session)
-    session.ddp = wrap(model, world, device)
+    if caps.head_only:
+        session.data, session.trainer = on_features(data, trainer, tcfg.batch_size)
+    session.trainer.ddp = wrap(model, world, device)
+    if tcfg.checkpoint_every_steps:
+        session.hooks.after_step.append(mid_epoch_checkpoints(session, tcfg.checkpoint_every_steps))
     write_run_json(session, "running")
     session.writer = _tensorboard_writer(config, paths, world)
     log.info(
         "run %s: %d train / %d validation texts, vocab %d, %d parameters, device %s, %d rank(s)",
         paths.dir,
-        len(train_split),
-        len(validation),
+        len(data.train),
+        len(data.validation),
         info.vocab_size,
         sum(p.numel() for p in model.parameters()),
         device,
@@ -291,7 +262,57 @@ def setup(
     return session
 
 
+def token_batches(config: Config, tok: Tokenizer, device: torch.device) -> TokenBatches:
+    """The run's batch function: token ids padded as the tokenizer says, to each batch's longest
+    text (length buckets) or to ``tokenizer.max_length`` (``train.bucketing`` off)."""
+    info = tokenizer_info(tok)
+    return TokenBatches(
+        pad_id=int(info.pad_id),
+        side=str(info.padding_side),
+        length=None if config.train.bucketing else int(config.tokenizer.max_length),
+        device=device,
+    )
+
+
+def build_trainer(
+    config: Config,
+    model: nn.Module,
+    train: EncodedSplit,
+    num_outputs: int,
+    device: torch.device,
+    *,
+    schedule: ScheduleConfig | None = None,
+) -> Trainer:
+    """The optimisation parts for ``model`` as ``config.train`` says: the loss (fitted to the
+    train targets), optimizer, the schedule over ``train.epochs`` of ``train``'s batches,
+    precision and clipping.
+
+    Args:
+        schedule: the schedule section with its monitor resolved (default ``train.schedule``).
+    """
+    tcfg = config.train
+    schedule_cfg = schedule if schedule is not None else tcfg.schedule
+    loss_fn = build_loss(tcfg.loss, config.task, train.targets, num_outputs).to(device)
+    optimizer = build_optimizer(parameter_groups(model, tcfg.optimizer), tcfg.optimizer)
+    n_batches = batches_per_epoch(config, train.lengths)
+    steps_per_epoch = math.ceil(n_batches / tcfg.grad_accum_steps)
+    return Trainer(
+        model=model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        schedule=build_schedule(
+            optimizer,
+            schedule_cfg,
+            total_steps=steps_per_epoch * tcfg.epochs,
+            monitor_mode=metric_mode(schedule_cfg.monitor),
+        ),
+        grad_clip=tcfg.grad_clip,
+        autocast=autocast_dtype(tcfg.precision),
+        # dynamic loss scaling for fp16; disabled, its calls pass straight through
+        scaler=torch.amp.GradScaler(device.type, enabled=tcfg.precision == "fp16"),
+    )
+
+
 def encode_split(tok: Tokenizer, examples: Examples) -> EncodedSplit:
-    seqs = encode(tok, examples.texts)
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    return EncodedSplit(seqs, lengths, np.asarray(examples.targets), examples.source)
+    """Encode a split's texts once (token ids, their lengths) beside its targets."""
+    return encoded_split(encode(tok, examples.texts), np.asarray(examples.targets), examples.source)

@@ -32,25 +32,21 @@ def finish(session: Session) -> Run:
     Returns:
         The :class:`Run`, read back from disk.
     """
-    paths = session.paths
+    paths, test = session.paths, session.data.test
     write_run_json(session, "completed")
     run = Run.load(paths.dir)
-    if session.test is None and run.history:
+    if test is None and run.history:
         # with a test file, evaluate_examples draws the curves beside the test metrics
         plot_learning_curves(
             run.history, paths.eval_dir / "learning_curves.png", title=paths.dir.name
         )
-    if session.test is not None:
+    if test is not None:
         result = evaluate_examples(
-            run,
-            session.test.texts,
-            session.test.targets,
-            source=session.test.source,
-            out_dir=paths.eval_dir,
+            run, test.texts, test.targets, source=test.source, out_dir=paths.eval_dir
         )
         log.info(
             "test (%s): %s",
-            session.test.source,
+            test.source,
             _metrics_line(result.metrics, result.num_examples),
         )
         run.test_metrics = result.metrics
@@ -98,7 +94,7 @@ def train(
         try:
             fit(session)
             if world.distributed:
-                session.digests = check_ranks_agree(session.model, world)
+                session.digests = check_ranks_agree(session.trainer.model, world)
         except KeyboardInterrupt:
             write_run_json(session, "interrupted")
             raise

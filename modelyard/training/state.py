@@ -1,17 +1,21 @@
-"""What one training run holds while it runs: the :class:`Session` and its saved counters.
+"""What the training loop steps and what one training run holds while it runs.
 
-Everything here is plain data (plus ``run.json``, the run's summary on disk); the steps that act
-on a session live in :mod:`.setup`, :mod:`.fit`, :mod:`.checkpoint` and :mod:`.recipe`.
+:class:`Loop` is what the one loop (:func:`.epochs.train_epoch`) needs: settings, the data and
+its batch function, the optimisation parts (:class:`Trainer`), where training stands and the step
+hooks. A run's :class:`Session` is a loop plus what the run writes and decides. Everything here
+is plain data (plus ``run.json``, the run's summary on disk); the steps that act on a session live
+in :mod:`.prepare` (setup), :mod:`.epochs` (step, epoch, validate, fit), :mod:`.checkpoint` and
+:mod:`.recipe`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -20,29 +24,18 @@ from modelyard.atomic import atomic_write_text
 from modelyard.config import Config
 from modelyard.metrics import json_safe
 from modelyard.runs import RunPaths
+from modelyard.tokenize import tokenizer_info
 from modelyard.training.callbacks import BestTracker, EarlyStopping
+from modelyard.training.collate import Data
 from modelyard.training.distributed import World
 from modelyard.training.optim import Schedule
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from modelyard.data import Examples, LabelSpace
+    from modelyard.data import LabelSpace
 
 STATE_FORMAT = 1
-
-
-@dataclass
-class EncodedSplit:
-    """A split's texts, encoded once: token ids, their lengths and the encoded targets."""
-
-    seqs: list[list[int]]
-    lengths: np.ndarray
-    targets: np.ndarray
-    source: str
-
-    def __len__(self) -> int:
-        return len(self.seqs)
 
 
 @dataclass
@@ -60,45 +53,76 @@ class Progress:
     stopped_early: bool = False
 
 
-class HeadOnly(Protocol):
-    """A model that trains its head alone on cached features (``model.head_only``)."""
-
-    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
-    def classify(self, features: torch.Tensor) -> torch.Tensor: ...
-
-
 @dataclass
-class Session:
-    """Everything one training run holds while it runs."""
+class Trainer:
+    """The optimisation parts: the model, how a batch goes through it, loss and optimizer step.
 
-    config: Config
-    paths: RunPaths
-    labels: LabelSpace
-    tokenizer: Tokenizer
-    pad_id: int
-    padding_side: str
-    max_length: int
-    train: EncodedSplit
-    validation: EncodedSplit
-    test: Examples | None
+    Attributes:
+        model: the model trained (and saved).
+        forward: what a batch's inputs go through; ``None``: the model itself (its DDP wrapper
+            when training data-parallel). ``head_only``: the model's head.
+        autocast: ``train.precision``'s autocast dtype; ``None`` runs in fp32.
+        scaler: fp16's loss scaler; for fp32 and bf16 a disabled one, whose calls pass through.
+        ddp: the DDP wrapper of ``model`` that trains, when distributed.
+    """
+
     model: nn.Module
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: Schedule
-    device: torch.device
-    best: BestTracker
-    early_stopping: EarlyStopping | None
-    progress: Progress = field(default_factory=Progress)
-    writer: Any = None  # torch.utils.tensorboard.SummaryWriter when train.tensorboard
-    world: World = field(default_factory=World)  # this process among the data-parallel ranks
-    ddp: nn.Module | None = None  # the DDP wrapper of ``model`` that trains, when distributed
-    digests: list[str] = field(default_factory=list)  # each rank's final weights (rank 0)
-    # head_only: the frozen encoder's pooled outputs, "train" and "validation", in split order
-    features: dict[str, torch.Tensor] = field(default_factory=dict)
-    # fp16's loss scaler; for fp32 and bf16 a disabled one, whose calls pass through
+    grad_clip: float | None = None
+    autocast: torch.dtype | None = None
     scaler: torch.amp.GradScaler = field(
         default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False)
     )
+    forward: Callable[..., torch.Tensor] | None = None
+    ddp: nn.Module | None = None
+
+
+@dataclass(frozen=True)
+class StepEnd:
+    """What an optimizer step did, for the hooks run after it."""
+
+    loss_sum: float  # the training loss summed over the step's samples (all ranks)
+    samples: int
+    last_of_epoch: bool
+
+
+# after_step(loop, step): run after every optimizer step, in order
+AfterStep = Callable[["Loop", StepEnd], None]
+
+
+@dataclass
+class Hooks:
+    """Callbacks the loop runs: ``after_step`` after every optimizer step (e.g. the mid-epoch
+    checkpoint, or re-applying pruning masks)."""
+
+    after_step: list[AfterStep] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class Loop:
+    """What the training loop steps: settings, data, the optimisation parts, where it stands."""
+
+    config: Config
+    data: Data[Any]
+    trainer: Trainer
+    world: World = field(default_factory=World)  # this process among the data-parallel ranks
+    progress: Progress = field(default_factory=Progress)
+    hooks: Hooks = field(default_factory=Hooks)
+
+
+@dataclass(kw_only=True)
+class Session(Loop):
+    """One training run while it runs: its loop, plus what the run writes and decides."""
+
+    paths: RunPaths
+    labels: LabelSpace
+    tokenizer: Tokenizer
+    best: BestTracker
+    early_stopping: EarlyStopping | None
+    writer: Any = None  # torch.utils.tensorboard.SummaryWriter when train.tensorboard
+    digests: list[str] = field(default_factory=list)  # each rank's final weights (rank 0)
 
 
 def write_run_json(session: Session, status: str) -> None:
@@ -106,16 +130,17 @@ def write_run_json(session: Session, status: str) -> None:
     if not session.world.is_main:
         return
     progress = session.progress
+    tok = tokenizer_info(session.tokenizer)
     info: dict[str, object] = {
         "name": session.config.name,
         "task": session.config.task,
         "labels": list(session.labels.labels),
         "label_space": session.labels.to_dict(),
-        "vocab_size": _vocab_size(session.tokenizer),
+        "vocab_size": int(tok.vocab_size),
         "num_outputs": session.labels.num_outputs,
-        "max_length": session.max_length,
-        "pad_id": session.pad_id,
-        "padding_side": session.padding_side,
+        "max_length": int(session.config.tokenizer.max_length),
+        "pad_id": int(tok.pad_id),
+        "padding_side": str(tok.padding_side),
         "status": status,
         "monitor": session.best.monitor,
         "best_epoch": session.best.best_epoch or None,
@@ -123,9 +148,9 @@ def write_run_json(session: Session, status: str) -> None:
         "epochs_completed": progress.epoch,
         "global_step": progress.global_step,
         "stopped_early": progress.stopped_early,
-        "num_train": len(session.train),
-        "num_validation": len(session.validation),
-        "device": str(session.device),
+        "num_train": len(session.data.train),
+        "num_validation": len(session.data.validation),
+        "device": str(session.data.batch.device),
         "world_size": session.world.size,
         **({"rank_weights_sha256": session.digests} if session.digests else {}),
         "seed": session.config.seed,
@@ -133,9 +158,3 @@ def write_run_json(session: Session, status: str) -> None:
         "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     atomic_write_text(session.paths.run_json, json.dumps(json_safe(info), indent=2) + "\n")
-
-
-def _vocab_size(tok: Tokenizer) -> int:
-    from modelyard.tokenize import tokenizer_info
-
-    return int(tokenizer_info(tok).vocab_size)

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from modelyard.errors import RunError
-from modelyard.models import build_model
+from modelyard.models import AdapterModel, build_model, capabilities
 from modelyard.runs import Run
 from modelyard.tasks import Task, get_task
-from modelyard.tokenize import encode, load_tokenizer, pad_batch, tokenizer_info
+from modelyard.tokenize import encode, load_tokenizer, tokenizer_info
 from modelyard.training.checkpoint import load_weights
+from modelyard.training.collate import BatchFn, S, TokenBatches, encoded_split
 
 
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -27,70 +29,36 @@ def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarr
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def to_tensors(
-    seqs: Sequence[Sequence[int]],
-    *,
-    pad_id: int,
-    side: str,
-    length: int | None,
-    device: torch.device | str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad a batch of id lists (to ``length`` or to the longest) into ``(ids, mask)`` tensors."""
-    batch = pad_batch(
-        seqs, pad_id=pad_id, side="left" if side == "left" else "right", length=length
-    )
-    ids = torch.from_numpy(np.ascontiguousarray(batch.ids, dtype=np.int64))  # (B, T)
-    mask = torch.from_numpy(np.ascontiguousarray(batch.mask, dtype=np.int64))  # (B, T)
-    if torch.device(device).type == "cuda":
-        # page-locked host memory: the copy runs asynchronously, overlapping the step before
-        return (
-            ids.pin_memory().to(device, non_blocking=True),
-            mask.pin_memory().to(device, non_blocking=True),
-        )
-    return ids, mask
-
-
 @torch.no_grad()
 def forward_logits(
     model: nn.Module,
-    seqs: Sequence[Sequence[int]],
+    split: S,
+    batch: BatchFn[S],
     *,
     batch_size: int,
-    pad_id: int = 0,
-    side: str = "right",
-    length: int | None = None,
-    device: torch.device | str = "cpu",
-    call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    call: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Raw model outputs for every sequence, in input order.
+    """Raw model outputs for every example of ``split``, in split order.
 
     Args:
         model: a model following the models contract (``forward(ids, mask) -> (B, K)``).
-        seqs: token id lists (truncated, unpadded).
-        batch_size: sequences per forward pass.
-        pad_id: padding id.
-        side: padding side.
-        length: pad every batch to this length (the plain way); ``None`` pads to the batch's
-            longest sequence after sorting by length.
-        device: where to run.
-        call: what to run instead of ``model`` (e.g. its ``features``), in the same eval mode.
+        split: the examples (token ids, or features computed once).
+        batch: the run's batch function: indices of ``split`` → the forward's inputs.
+        batch_size: examples per forward pass, batched by length (stable sort).
+        call: what the inputs go through instead of ``model`` (e.g. its ``features``, or its
+            head on features), in the same eval mode.
 
     Returns:
         ``(N, K)`` float32 logits (or what ``call`` returns) on the CPU.
     """
-    device = torch.device(device)
     was_training = model.training
     model.eval()
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
     out: torch.Tensor | None = None
     try:
-        for idx in length_sorted_batches(lengths, batch_size):
-            ids, mask = to_tensors(
-                [seqs[i] for i in idx], pad_id=pad_id, side=side, length=length, device=device
-            )
-            logits = (call or model)(ids, mask).float().cpu()  # (B, K)
+        for idx in length_sorted_batches(split.lengths, batch_size):
+            logits = (call or model)(*batch.inputs(split, idx)).float().cpu()  # (B, K)
             if out is None:
-                out = torch.empty((len(seqs), logits.shape[1]), dtype=torch.float32)
+                out = torch.empty((len(split), logits.shape[1]), dtype=torch.float32)
             out[torch.from_numpy(idx)] = logits
     finally:
         model.train(was_training)
@@ -148,10 +116,9 @@ def load_model(run: Run | str | Path, which: str = "best") -> nn.Module:
     run = _as_run(run)
     model = build_run_model(run)
     load_weights(run.paths.weights(which), model)
-    # LoRA adapters (pretrained kind) are folded into their weights: same outputs, plain graph
-    merge_adapters = getattr(model, "merge_adapters", None)
-    if callable(merge_adapters):
-        merge_adapters()
+    if capabilities(run.config.model).merges_adapters:
+        # LoRA adapters are folded into their weights: same outputs, plain graph
+        cast(AdapterModel, model).merge_adapters()
     return model.eval()
 
 
@@ -185,12 +152,6 @@ def predict_texts(
     if not seqs:
         return np.zeros((0, int(run.info.get("num_outputs", 1))), dtype=np.float32)
     device = next(model.parameters()).device
-    logits = forward_logits(
-        model,
-        seqs,
-        batch_size=batch_size,
-        pad_id=info.pad_id,
-        side=info.padding_side,
-        device=device,
-    )
+    batch = TokenBatches(pad_id=info.pad_id, side=info.padding_side, length=None, device=device)
+    logits = forward_logits(model, encoded_split(seqs), batch, batch_size=batch_size)
     return activate_logits(run.task, logits).numpy().astype(np.float32, copy=False)
