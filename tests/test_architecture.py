@@ -6,6 +6,7 @@ The checker itself is tested on small fake packages that break each rule once.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -164,3 +165,43 @@ def test_public_api_functions_stay_functions_after_their_stations_load() -> None
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+
+
+def _how_to_add() -> dict[str, str]:
+    page = (ROOT.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = page.split("## How to add", 1)[1].split("\n## ", 1)[0]
+    items = re.findall(r"^- \*\*(.+?)\*\*:(.*?)(?=^- \*\*|\Z)", section, flags=re.M | re.S)
+    return {name: " ".join(body.split()) for name, body in items}
+
+
+def test_how_to_add_lists_name_files_and_registries_that_exist() -> None:
+    """Each "how to add" list names files that exist (a `<name>` placeholder: its folder) and
+    each "one `X` line in `file`" names a registry that file really holds."""
+    lists = _how_to_add()
+    assert set(lists) == {"a task", "a model family", "an export format", "a serving route"}
+    for name, body in lists.items():
+        paths = re.findall(r"`(modelyard/[^`]*)`", body)
+        assert paths, name
+        for path in paths:
+            where = ROOT.parent / (path.split("<")[0] if "<" in path else path)
+            assert where.exists(), f"{name}: {path} does not exist"
+        # "one `X` line ... in `modelyard/...`": X and the next path named after it
+        pairs = re.findall(r"one `(\w+)(?:\(\.\.\.\))?` line.*?`(modelyard/[^`]+)`", body)
+        assert pairs, name
+        for symbol, path in pairs:
+            text = (ROOT.parent / path).read_text(encoding="utf-8")
+            assert re.search(rf"^\s*(def )?{re.escape(symbol)}\b", text, flags=re.M), (
+                f"{name}: {path} has no {symbol}"
+            )
+
+
+def test_a_task_is_its_module_and_one_registry_line() -> None:
+    """The task list is true of every built-in task: its class lives in modelyard/tasks/ and
+    its name is written once, in its register_task line."""
+    from modelyard.tasks import TASKS
+
+    registry = (ROOT / "tasks" / "__init__.py").read_text(encoding="utf-8")
+    for name, task in TASKS.items():
+        assert type(task).__module__.startswith("modelyard.tasks."), name
+        assert registry.count(f'"{name}"') == 1, name
+        assert f'register_task({type(task).__name__}("{name}"))' in registry, name

@@ -9,7 +9,9 @@ in every worker.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import select
 import signal
 import socket
 import time
@@ -325,12 +327,32 @@ def test_api_key_and_graceful_shutdown(repo: Path, tmp_path: Path) -> None:
     proc.stop()
 
 
+def _read_until(proc: ServerProcess, pattern: str, count: int, deadline_s: float) -> bytes:
+    """The server's output so far, read until ``pattern`` has appeared ``count`` times (bounded:
+    the output so far once the deadline passes)."""
+    assert proc.proc.stdout is not None
+    fd, out = proc.proc.stdout.fileno(), b""
+    deadline = time.monotonic() + deadline_s
+    while len(re.findall(pattern, out.decode(errors="replace"))) < count:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
 def test_every_worker_process_gets_the_gc_and_signal_setup(repo: Path) -> None:
     proc = ServerProcess(repo, "--workers", "2", "--log-level", "info")
+    # /ready answered from one worker; the other may still be starting: SIGTERM once both are up
+    # (under load the second one came up after the signal, and the test failed)
+    before = _read_until(proc, r"Application startup complete", 2, deadline_s=60)
     proc.proc.send_signal(signal.SIGTERM)
     out, _ = proc.proc.communicate(timeout=30)
     assert proc.proc.returncode == 0
-    log = out.decode()
+    log = (before + out).decode()
     tuned = set(re.findall(r"process (\d+): gc tuned \(threshold \(20000, 20, 20\)", log))
     clean = set(re.findall(r"process (\d+): SIGTERM, exiting cleanly", log))
     workers = set(re.findall(r"Started server process \[(\d+)\]", log))

@@ -361,7 +361,8 @@ def finetune(result: PruneResult, run: Any, epochs: int, *, max_steps: int | Non
 
     This is the training loop itself (:func:`modelyard.training.epochs.train_epoch`) with the
     run's settings: its loss, optimizer, schedule (over the fine-tune's steps), precision,
-    accumulation, clipping, device and batches seeded by the run's seed; an ``after_step`` hook
+    accumulation, clipping and batches seeded by the run's seed, on this machine's GPU if it has
+    one (fp16 becomes fp32 on a CPU); an ``after_step`` hook
     re-applies the masks after every optimizer step. The model is left on the CPU in eval mode.
 
     Args:
@@ -380,9 +381,16 @@ def finetune(result: PruneResult, run: Any, epochs: int, *, max_steps: int | Non
 
     if epochs <= 0:
         return
-    train_cfg = run.config.train.model_copy(update={"epochs": epochs})
+    # compression may run on another machine than training: the GPU when there is one, and
+    # fp16 (CUDA only) becomes fp32 on a CPU
+    device = resolve_device("auto")
+    precision = run.config.train.precision
+    if precision == "fp16" and device.type != "cuda":
+        precision = "fp32"
+    train_cfg = run.config.train.model_copy(
+        update={"epochs": epochs, "device": device.type, "precision": precision}
+    )
     config = run.config.model_copy(update={"train": train_cfg})
-    device = resolve_device(train_cfg.device)
     check_precision(train_cfg.precision, device)
     splits = load_splits(config)
     tokenizer = load_tokenizer(run.paths.tokenizer)
