@@ -13,8 +13,10 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from modelyard.atomic import fsync_dir
 
 STAGING_PREFIX = ".tmp-"
 
@@ -70,6 +72,36 @@ def staging_dir(parent: str | Path) -> Iterator[Path]:
         for made in created:  # deepest first; one that holds something stays
             with contextlib.suppress(OSError):
                 made.rmdir()
+
+
+def publish_directory(directory: str | Path, write: Callable[[Path], object]) -> Path:
+    """Fill a staging directory beside ``directory`` through ``write(staging)``, then rename it
+    to ``directory``. An existing ``directory`` is replaced once the new one is complete, so a
+    reader sees the old one or the new one, whole; on any error the old one stays.
+
+    Returns:
+        ``directory`` as a Path.
+    """
+    target = Path(directory)
+    staging = make_staging_dir(target.parent)
+    old: Path | None = None
+    try:
+        write(staging)
+        if target.exists():
+            old = make_staging_dir(target.parent) / target.name
+            os.replace(target, old)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if old is not None:
+                os.replace(old, target)
+            raise
+        fsync_dir(target.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old.parent, ignore_errors=True)
+    return target
 
 
 def is_staging(path: str | Path) -> bool:

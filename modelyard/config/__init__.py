@@ -30,7 +30,10 @@ from modelyard.config.deploy import (
 from modelyard.config.families import (
     MODEL_CONFIGS,
     MODEL_KINDS,
+    OWN_TOKENIZER_KINDS,
     BagOfNgramsConfig,
+    CausalLMConfig,
+    CausalLMLoRAConfig,
     CNNConfig,
     Init,
     LoRAConfig,
@@ -55,10 +58,13 @@ __all__ = [
     "KERAS_FILTERS",
     "MODEL_CONFIGS",
     "MODEL_KINDS",
+    "OWN_TOKENIZER_KINDS",
     "QUANTIZE_MODES",
     "REFERENCE_FORMAT",
     "BagOfNgramsConfig",
     "CNNConfig",
+    "CausalLMConfig",
+    "CausalLMLoRAConfig",
     "CleanConfig",
     "CompressConfig",
     "Config",
@@ -112,19 +118,20 @@ class Config(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _pretrained_tokenizer(cls, raw: Any) -> Any:
-        # a pretrained encoder reads only its own vocabulary: tokenizer.kind and .path follow it
+        # a pretrained model reads only its own vocabulary: tokenizer.kind and .path follow it
         model = raw.get("model") if isinstance(raw, dict) else None
         tokenizer = raw.get("tokenizer") if isinstance(raw, dict) else None
         tokenizer_raw = tokenizer is None or isinstance(tokenizer, dict)
-        if isinstance(model, dict) and model.get("kind") == "pretrained" and tokenizer_raw:
+        own = isinstance(model, dict) and model.get("kind") in OWN_TOKENIZER_KINDS
+        if isinstance(model, dict) and own and tokenizer_raw:
             tokenizer = {"kind": "pretrained", "path": model.get("path"), **(tokenizer or {})}
             raw = {**raw, "tokenizer": tokenizer}
         return raw
 
     @model_validator(mode="after")
     def _pretrained_needs_its_tokenizer(self) -> Config:
-        if self.model.kind == "pretrained" and self.tokenizer.kind != "pretrained":
-            raise ValueError("model.kind 'pretrained' needs tokenizer.kind 'pretrained'")
+        if self.model.kind in OWN_TOKENIZER_KINDS and self.tokenizer.kind != "pretrained":
+            raise ValueError(f"model.kind {self.model.kind!r} needs tokenizer.kind 'pretrained'")
         return self
 
     @property

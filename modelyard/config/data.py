@@ -32,6 +32,9 @@ class DataConfig(StrictModel):
     label_delimiter: str | None = None  # multilabel labels given as "a|b|c"
     skip_bad_rows: bool = False
     clean: CleanConfig = CleanConfig()
+    # causal LMs: the loss on the assistant turns only (``completion``) or on every token
+    # (``all``); plain-text records always learn every token
+    train_on: Literal["completion", "all"] = "completion"
 
 
 # ---------------------------------------------------------------------------------- tokenizer

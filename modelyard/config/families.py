@@ -91,6 +91,39 @@ class PretrainedModelConfig(StrictModel):
     head_only: bool = False
 
 
+class CausalLMLoRAConfig(LoRAConfig):
+    """LoRA on a causal LM: the defaults are QLoRA's recipe (r 16, alpha 32, dropout 0.05) on
+    every linear layer but the output head (peft's ``all-linear``)."""
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["all-linear"], min_length=1)
+
+
+class CausalLMConfig(StrictModel):
+    """A pretrained causal LM (GPT family, ``models/causal_lm.py``) to fine-tune on chat,
+    prompt/completion or plain-text records.
+
+    ``path``: a local Hugging Face directory (config.json, safetensors, tokenizer.json), a
+    ``.gguf`` file (dequantized once into a local cache), or ``package:NAME`` (an installed
+    distribution that ships one ``.gguf``, or a module's ``get_model_path()``); resolved when
+    the model is loaded. ``lora: null`` fine-tunes every weight.
+    """
+
+    kind: Literal["causal_lm"]
+    path: str = Field(min_length=1)
+    lora: LoRAConfig | None = Field(default_factory=CausalLMLoRAConfig)
+    gradient_checkpointing: bool = False
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _causal_lora_defaults(cls, v: object) -> object:
+        # a partial ``lora:`` section fills its gaps with the causal LM's defaults, not the
+        # encoder's (query/value modules a llama does not have)
+        return CausalLMLoRAConfig.model_validate(v) if isinstance(v, dict) else v
+
+
 class BagOfNgramsConfig(StrictModel):
     """fastText-style bag of words and hashed word n-grams (``models/bag_of_ngrams.py``)."""
 
@@ -103,7 +136,14 @@ class BagOfNgramsConfig(StrictModel):
 
 
 ModelConfig = Annotated[
-    Union[RNNConfig, CNNConfig, TransformerConfig, BagOfNgramsConfig, PretrainedModelConfig],
+    Union[
+        RNNConfig,
+        CNNConfig,
+        TransformerConfig,
+        BagOfNgramsConfig,
+        PretrainedModelConfig,
+        CausalLMConfig,
+    ],
     Field(discriminator="kind"),
 ]
 # kind -> its section, read from the union above and each family's ``kind`` literal: adding a
@@ -114,3 +154,6 @@ MODEL_CONFIGS: dict[str, type[StrictModel]] = {
     for kind in get_args(family.model_fields["kind"].annotation)
 }
 MODEL_KINDS: tuple[str, ...] = tuple(MODEL_CONFIGS)
+# kinds that read only their own model's vocabulary: tokenizer.kind is ``pretrained`` and
+# tokenizer.path defaults to model.path
+OWN_TOKENIZER_KINDS: tuple[str, ...] = ("pretrained", "causal_lm")

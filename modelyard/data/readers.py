@@ -215,14 +215,36 @@ def _check_source(
     path: str | Path, fmt: str, *, text: str, label: str | None, encoding: str
 ) -> None:
     """Fail early on what makes the whole file unusable: missing, unknown codec, bad header."""
+    if fmt == "parquet":
+        check_file(path)
+        _parquet_columns(path, text, label)
+        return
+    check_text_file(path, encoding)
+    if fmt in ("csv", "tsv"):
+        with open_text(path, encoding) as f:
+            reader = csv.reader(f, delimiter="\t" if fmt == "tsv" else ",")
+            try:
+                header = next(reader, None)
+            except UnicodeDecodeError as exc:
+                raise decode_error(path, encoding, exc) from None
+            except csv.Error as exc:
+                raise DataError(f"{path}:1: cannot read the header row: {exc}") from None
+        _check_header(path, header, text, label)
+
+
+def check_file(path: str | Path) -> None:
+    """Raise :class:`DataError` unless ``path`` is an existing file."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"{path}: file not found")
     if not p.is_file():
         raise DataError(f"{path}: not a file")
-    if fmt == "parquet":
-        _parquet_columns(path, text, label)
-        return
+
+
+def check_text_file(path: str | Path, encoding: str) -> None:
+    """Raise :class:`DataError` unless ``path`` is a file of text in a known ``encoding``
+    (missing, a directory, an unknown codec, binary content)."""
+    check_file(path)
     try:
         codecs.lookup(encoding)
     except LookupError:
@@ -233,16 +255,6 @@ def _check_source(
         raise DataError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
     if not_text is not None:
         raise not_text
-    if fmt in ("csv", "tsv"):
-        with _open_text(path, encoding) as f:
-            reader = csv.reader(f, delimiter="\t" if fmt == "tsv" else ",")
-            try:
-                header = next(reader, None)
-            except UnicodeDecodeError as exc:
-                raise decode_error(path, encoding, exc) from None
-            except csv.Error as exc:
-                raise DataError(f"{path}:1: cannot read the header row: {exc}") from None
-        _check_header(path, header, text, label)
 
 
 def _check_header(path: str | Path, header: list[str] | None, text: str, label: str | None) -> None:
@@ -255,7 +267,8 @@ def _check_header(path: str | Path, header: list[str] | None, text: str, label: 
             )
 
 
-def _open_text(path: str | Path, encoding: str) -> Any:
+def open_text(path: str | Path, encoding: str) -> Any:
+    """``path`` opened for reading as text: a UTF-8 BOM dropped, line breaks left as written."""
     # utf-8-sig reads plain UTF-8 too and drops a BOM that would otherwise glue itself to the
     # first column name ("\ufefftext") or break the first JSON line
     enc = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
@@ -296,7 +309,7 @@ def _csv_rows(
     path: str | Path, delimiter: str, text: str, label: str | None, encoding: str
 ) -> Iterator[_Row | BadRow]:
     name = str(path)
-    with _open_text(path, encoding) as f:
+    with open_text(path, encoding) as f:
         reader = csv.reader(f, delimiter=delimiter)
         header = next(reader)
         ti = header.index(text)
@@ -332,10 +345,10 @@ def _jsonl_rows(
     path: str | Path, text: str, label: str | None, encoding: str
 ) -> Iterator[_Row | BadRow]:
     name = str(path)
-    with _open_text(path, encoding) as f:
+    with open_text(path, encoding) as f:
         # split on "\n" only (the file is opened with newline=""): JSON strings may not hold raw
         # line breaks, and a stray "\r" must not shift the line numbers a user sees in an editor
-        for number, line in enumerate(_physical_lines(f), start=1):
+        for number, line in enumerate(physical_lines(f), start=1):
             if not line.strip():
                 continue
             try:
@@ -362,14 +375,14 @@ def _jsonl_rows(
 
 
 def _txt_rows(path: str | Path, encoding: str) -> Iterator[_Row | BadRow]:
-    with _open_text(path, encoding) as f:
-        for number, line in enumerate(_physical_lines(f), start=1):
+    with open_text(path, encoding) as f:
+        for number, line in enumerate(physical_lines(f), start=1):
             body = line.rstrip("\r\n")
             if body.strip():
                 yield _Row(number, body, None)
 
 
-def _physical_lines(f: Any) -> Iterator[str]:
+def physical_lines(f: Any) -> Iterator[str]:
     """Lines ended by "\\n" only (a file opened with newline="" also splits on a lone "\\r")."""
     pending = ""
     for piece in f:

@@ -154,6 +154,27 @@ def split_indices(task: str, targets: np.ndarray, fraction: float, *, seed: int)
     return IndexSplit(train=np.flatnonzero(~mask), validation=np.flatnonzero(mask))
 
 
+def random_split(count: int, fraction: float, *, seed: int) -> IndexSplit:
+    """Hold out ``fraction`` of ``count`` rows for validation, at random, seeded (no strata:
+    generative records have no label to stratify by).
+
+    Args:
+        count: how many rows.
+        fraction: share of rows to hold out, in [0, 1).
+        seed: the same seed and count give the same split.
+
+    Returns:
+        The train and validation row indices (ascending); the validation size is
+        ``round(count * fraction)``, at least 1 when ``fraction > 0``, and train keeps a row.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    held = _stratified_pick(np.zeros(count, dtype=np.int64), fraction, np.random.default_rng(seed))
+    mask = np.zeros(count, dtype=bool)
+    mask[held] = True
+    return IndexSplit(train=np.flatnonzero(~mask), validation=np.flatnonzero(mask))
+
+
 def _quantile_bins(values: np.ndarray, fraction: float) -> np.ndarray:
     n = len(values)
     # about one held-out example per bin at least, so the bins do not round each other away

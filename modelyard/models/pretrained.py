@@ -16,9 +16,6 @@ top), which layer-wise learning-rate decay (``training/param_groups.py``) reads.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -29,6 +26,7 @@ from modelyard.errors import ConfigError
 from modelyard.models.capabilities import Capabilities
 from modelyard.models.heads import make_head
 from modelyard.models.masking import masked_mean, to_right_padding
+from modelyard.models.quiet import quiet_loggers, quiet_transformers
 from modelyard.tokenize.pretrained import resolve_model_dir
 
 
@@ -220,7 +218,7 @@ def load_encoder(path: str) -> Any:
         raise ConfigError(
             "model.kind 'pretrained' needs transformers: pip install 'modelyard[train]'"
         ) from None
-    with _quiet_loggers(_NOISY_ON_IMPORT), _quiet_transformers():
+    with quiet_loggers(), quiet_transformers():
         try:
             encoder = AutoModel.from_pretrained(
                 str(directory), local_files_only=True, use_safetensors=True
@@ -262,43 +260,6 @@ def _tuner_layers(module: nn.Module) -> list[tuple[str, Any]]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return [(n, m) for n, m in module.named_modules() if isinstance(m, BaseTunerLayer)]
-
-
-# loading a model makes transformers import torchao when it is installed (the mobile extra's
-# litert-torch pulls it in); torchao then logs that its optional CUDA kernels are missing, which
-# says nothing to a user here
-_NOISY_ON_IMPORT = ("torchao", "torch.utils._pytree")
-
-
-@contextlib.contextmanager
-def _quiet_loggers(names: tuple[str, ...]) -> Iterator[None]:
-    """Only errors from the ``names`` loggers inside the block."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """No progress bar and only errors from transformers while a model loads."""
-    from transformers.utils import logging as hf_logging
-
-    bar = hf_logging.is_progress_bar_enabled()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity(logging.ERROR)
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bar:
-            hf_logging.enable_progress_bar()
 
 
 def _layer_prefixes(encoder: nn.Module, root: str) -> list[str]:

@@ -7,10 +7,11 @@ from typing import Any
 
 from torch import nn
 
-from modelyard.config import ModelConfig, PretrainedModelConfig
+from modelyard.config import CausalLMConfig, ModelConfig, PretrainedModelConfig
 from modelyard.errors import ConfigError
 from modelyard.models.bag_of_ngrams import build_bag_of_ngrams
 from modelyard.models.capabilities import Capabilities
+from modelyard.models.causal_lm import build_causal_lm
 from modelyard.models.cnn import build_cnn
 from modelyard.models.initialization import initialize
 from modelyard.models.pretrained import build_pretrained, pretrained_capabilities
@@ -26,6 +27,7 @@ MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "transformer": build_transformer,
     "bag_of_ngrams": build_bag_of_ngrams,
     "pretrained": build_pretrained,
+    "causal_lm": build_causal_lm,
 }
 
 # what a family's models can do beyond forward, from their config; a kind not listed: nothing
@@ -83,6 +85,7 @@ def build_model(
         max_length=max_length,
         pad_id=pad_id,
     )
-    if not isinstance(cfg, PretrainedModelConfig):  # a pretrained encoder keeps its weights
+    # pretrained weights are kept as loaded
+    if not isinstance(cfg, (PretrainedModelConfig, CausalLMConfig)):
         initialize(model, cfg.init)
     return model
