@@ -13,7 +13,7 @@ import ast
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +25,22 @@ import yaml
 from helpers.serving import free_port
 from helpers.synthetic import write_rows
 
-from modelyard.metrics import regression_metrics
-from modelyard.tasks import TASKS, Prediction, Starter, Task, get_task, register_task, task_names
-from modelyard.tasks.base import Lookup, as_rows
+from modelyard.tasks import TASKS, Starter, Task, get_task, register_task, task_names
 from modelyard.tasks.parsing import LabelProblem, parse_number
+from modelyard.tasks.regression import Regression
 
 PACKAGE = Path(__file__).resolve().parents[1] / "modelyard"
 BUILT_IN = ("binary", "multiclass", "multilabel", "regression")
 
 
-class Share(Task):
-    """A fraction in [0, 1] per text; the model's one output is its logit."""
+class Share(Regression):
+    """A fraction in [0, 1] per text; the model's one output is its logit, and the loss is
+    binary cross-entropy on the soft target. Scored as a number is, by MAE."""
 
     activation = "sigmoid"
     default_loss = "bce"
     losses = ("bce",)
     primary_metric = "mae"
-    stratify = "value"
-    has_classes = False
-    single_output = True
-    min_classes = 0
     starter = Starter("share", "a number from 0 to 1", "auto            # bce on the share")
 
     def parse_label(self, value: Any, delimiter: str | None) -> Any:
@@ -52,27 +48,6 @@ class Share(Task):
         if not 0.0 <= number <= 1.0:
             raise LabelProblem(f"{number} is not a share between 0 and 1")
         return number
-
-    def names_in(self, parsed: Any) -> list[str]:
-        return []
-
-    def encode(self, parsed: Sequence[Any], lookup: Lookup, num_classes: int) -> np.ndarray:
-        return np.asarray(parsed, dtype=np.float32).reshape(len(parsed))
-
-    def metrics(
-        self, targets: np.ndarray, scores: np.ndarray, labels: Sequence[str], threshold: float = 0.5
-    ) -> dict[str, float]:
-        return regression_metrics(targets, scores)
-
-    def predictions(
-        self,
-        labels: Sequence[str],
-        scores: np.ndarray,
-        *,
-        threshold: float = 0.5,
-        top_k: int | None = None,
-    ) -> list[Prediction]:
-        return [Prediction(label=None, score=v) for v in as_rows(scores)[:, 0].tolist()]
 
 
 @pytest.fixture

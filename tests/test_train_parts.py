@@ -25,6 +25,7 @@ from modelyard.config import (
 from modelyard.errors import ConfigError, RunError
 from modelyard.models import build_model
 from modelyard.plots import plot_confusion_matrix, plot_learning_curves
+from modelyard.tasks import get_task
 from modelyard.training.callbacks import BestTracker, EarlyStopping, metric_mode, resolve_monitor
 from modelyard.training.checkpoint import (
     load_state,
@@ -37,7 +38,7 @@ from modelyard.training.checkpoint import (
 from modelyard.training.collate import Data, TokenBatches, encoded_split
 from modelyard.training.environment import torch_settings
 from modelyard.training.epochs import train_step
-from modelyard.training.losses import build_loss, class_weights
+from modelyard.training.losses import build_loss
 from modelyard.training.optim import (
     OPTIMIZERS,
     SCHEDULES,
@@ -77,7 +78,7 @@ def test_bce_balanced_pos_weight() -> None:
 
 def test_cross_entropy_smoothing_and_balanced_weights() -> None:
     y = np.array([0, 0, 0, 1, 2, 2])
-    w = class_weights(LossConfig(class_weights="balanced"), "multiclass", y, 3)
+    w = get_task("multiclass").class_weights("balanced", y, 3)
     assert w is not None
     np.testing.assert_allclose(w, [6 / 9, 6 / 3, 6 / 6])
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.1, 0.2, 0.3]])

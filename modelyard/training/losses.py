@@ -111,19 +111,6 @@ class FocalLoss(nn.Module):
         return loss.mean()
 
 
-def resolve_loss_name(cfg: LossConfig, task: str | Task) -> str:
-    """The concrete loss name for a task (``auto`` resolved); ConfigError when it does not fit."""
-    return get_task(task).check_loss(cfg.name)
-
-
-def class_weights(
-    cfg: LossConfig, task: str | Task, targets: np.ndarray, num_outputs: int
-) -> np.ndarray | None:
-    """Per-class weights from the config (``balanced`` = n / (k * count_k), like scikit-learn),
-    in the task's layout (:meth:`modelyard.tasks.Task.class_weights`)."""
-    return get_task(task).class_weights(cfg.class_weights, targets, num_outputs)
-
-
 def _pos_weight(w: np.ndarray | None) -> torch.Tensor | None:
     # BCE only re-weights positives relative to negatives: pos_weight = w_pos / w_neg
     if w is None:
