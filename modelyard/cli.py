@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard import __version__
+from modelyard.batch_generate import is_generative_run
 from modelyard.config import (
     EXPORT_FORMATS,
     EXPORT_QUANTIZE_MODES,
@@ -26,7 +27,7 @@ from modelyard.config import (
 from modelyard.config.deploy import add_serve_flags, serve_overrides
 from modelyard.errors import ModelyardError, RunError
 from modelyard.logs import setup_logging
-from modelyard.metrics import proportion_interval
+from modelyard.metrics import format_metrics
 from modelyard.runs import is_run_dir
 from modelyard.tasks import task_names
 
@@ -75,7 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             _check_resume_world(Path(args.resume), args.nproc)
         if args.nproc > 1:
-            argv = _without_options(args.argv, ("--nproc", "--master-addr", "--master-port"))
+            options = ("--nproc", "--master-addr", "--master-port")
+            argv = distributed.without_options(args.argv, options)
             return distributed.launch(argv, args.nproc, args.master_addr, args.master_port)
     world = distributed.World.from_env(os.environ)
     if not world.is_main:  # rank 0 tells the story; the others speak up only for trouble
@@ -88,7 +90,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     print(f"run: {run.dir}")
     if run.test_metrics:
-        print("test: " + _format_metrics(run.test_metrics, run.test_size))
+        print("test: " + format_metrics(run.test_metrics, run.test_size))
+    if is_generative_run(run.dir):
+        from modelyard.batch_generate import write_report
+
+        print(f"report: {write_report(run.dir)}")
     return 0
 
 
@@ -103,22 +109,13 @@ def _check_resume_world(run_dir: Path, nproc: int) -> None:
         )
 
 
-def _without_options(argv: Sequence[str], names: tuple[str, ...]) -> list[str]:
-    """``argv`` less the options ``names`` and their values (``--x V`` or ``--x=V``)."""
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in names:
-            skip = True
-        elif not arg.startswith(tuple(f"{n}=" for n in names)):
-            out.append(arg)
-    return out
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     path = Path(args.path)
+    if is_generative_run(path):
+        from modelyard.batch_generate import evaluate_run
+
+        print(evaluate_run(path, args.data, as_json=args.json))
+        return 0
     if is_run_dir(path):
         from modelyard.training.evaluation import evaluate
 
@@ -133,7 +130,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        print(_format_metrics(metrics))
+        print(format_metrics(metrics))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from modelyard.batch_generate import generate
+
+    generate(
+        args.run,
+        prompts=args.prompt,
+        input_path=args.input,
+        output=args.output,
+        which=args.checkpoint,
+        max_new_tokens=args.max_new_tokens,
+        echo=True,
+    )
     return 0
 
 
@@ -273,19 +285,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_metrics(metrics: dict[str, Any], n: int | None = None) -> str:
-    parts = []
-    for key, value in metrics.items():
-        if isinstance(value, float) and key == "accuracy" and n:
-            lo, hi = proportion_interval(value, n)
-            parts.append(f"{key}={value:.4f} (95% CI {lo:.3f}-{hi:.3f}, n={n})")
-        elif isinstance(value, float):
-            parts.append(f"{key}={value:.4f}")
-        elif isinstance(value, int | str):
-            parts.append(f"{key}={value}")
-    return " ".join(parts)
-
-
 # -------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -331,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="labelled CSV/TSV/JSONL/Parquet (default for runs: the test set)")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("generate", help="answer prompts with a generative run")
+    p.add_argument("run", help="runs/NAME (a generation run)")
+    p.add_argument("--prompt", action="append", help="a user turn to answer (repeatable)")
+    p.add_argument("--input", help="chat / prompt-completion JSONL or CSV, or plain-text JSONL")
+    p.add_argument("--output", help="JSONL out, one record per input record; - for stdout")
+    p.add_argument("--max-new-tokens", type=int, help="default: what the run was scored with")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("predict", help="predict a file of texts with a bundle or a run")
     p.add_argument("path", help="models/NAME[/VERSION] or runs/NAME")

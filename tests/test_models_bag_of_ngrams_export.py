@@ -99,7 +99,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     return Runs(tmp_path_factory.mktemp("bag"))
 
 
-@pytest.mark.parametrize("task", task_names())
+@pytest.mark.parametrize("task", [t for t in task_names() if not get_task(t).generative])
 def test_onnx_bundle_matches_the_run(runs: Runs, task: str) -> None:
     run, bundle = runs.get(task)
     parity = bundle.manifest.parity

@@ -28,6 +28,7 @@ from modelyard.config.deploy import (
     TargetConfig,
 )
 from modelyard.config.families import (
+    GENERATIVE_KINDS,
     MODEL_CONFIGS,
     MODEL_KINDS,
     OWN_TOKENIZER_KINDS,
@@ -50,11 +51,12 @@ from modelyard.config.training import (
     TrainConfig,
 )
 from modelyard.errors import ConfigError
-from modelyard.tasks import get_task
+from modelyard.tasks import get_task, task_names
 
 __all__ = [
     "EXPORT_FORMATS",
     "EXPORT_QUANTIZE_MODES",
+    "GENERATIVE_KINDS",
     "KERAS_FILTERS",
     "MODEL_CONFIGS",
     "MODEL_KINDS",
@@ -132,6 +134,19 @@ class Config(StrictModel):
     def _pretrained_needs_its_tokenizer(self) -> Config:
         if self.model.kind in OWN_TOKENIZER_KINDS and self.tokenizer.kind != "pretrained":
             raise ValueError(f"model.kind {self.model.kind!r} needs tokenizer.kind 'pretrained'")
+        generative = get_task(self.task).generative
+        if generative != (self.model.kind in GENERATIVE_KINDS):
+            if generative:
+                raise ValueError(
+                    f"task {self.task!r} writes text: it needs model.kind "
+                    f"{' | '.join(GENERATIVE_KINDS)} (a pretrained causal LM), not "
+                    f"{self.model.kind!r}"
+                )
+            raise ValueError(
+                f"model.kind {self.model.kind!r} writes text: it needs a generative task "
+                f"({', '.join(t for t in task_names() if get_task(t).generative)}), not "
+                f"{self.task!r}"
+            )
         return self
 
     @property

@@ -92,12 +92,14 @@ class PretrainedModelConfig(StrictModel):
 
 
 class CausalLMLoRAConfig(LoRAConfig):
-    """LoRA on a causal LM: the defaults are QLoRA's recipe (r 16, alpha 32, dropout 0.05) on
-    every linear layer but the output head (peft's ``all-linear``)."""
+    """LoRA on a causal LM: r 16, alpha 32 on every linear layer but the output head (peft's
+    ``all-linear``), QLoRA's recipe, without dropout (peft's default): on a CPU, drawing the
+    dropout masks of 210 adapted layers took 27% of a SmolLM2 step (torch.profiler), and a run
+    of one to three epochs does not overfit enough to need it."""
 
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: ["all-linear"], min_length=1)
 
 
@@ -157,3 +159,5 @@ MODEL_KINDS: tuple[str, ...] = tuple(MODEL_CONFIGS)
 # kinds that read only their own model's vocabulary: tokenizer.kind is ``pretrained`` and
 # tokenizer.path defaults to model.path
 OWN_TOKENIZER_KINDS: tuple[str, ...] = ("pretrained", "causal_lm")
+# the kinds that write text (a generative task's model), not scores
+GENERATIVE_KINDS: tuple[str, ...] = ("causal_lm",)

@@ -7,7 +7,7 @@ for methods: a family that declares a capability implements the protocol that go
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
@@ -38,3 +38,12 @@ class AdapterModel(Protocol):
     """A model whose adapters fold into the weights they adapt (same outputs, plain graph)."""
 
     def merge_adapters(self) -> object: ...
+
+
+@runtime_checkable
+class PartlyTrained(Protocol):
+    """A model whose checkpoints hold only what training changes (a causal LM's LoRA adapters,
+    not its frozen 135 M base weights, which the config names and the loader reads again)."""
+
+    def trained_state_dict(self) -> dict[str, Tensor]: ...
+    def load_trained_state(self, tensors: dict[str, Tensor]) -> None: ...

@@ -50,17 +50,73 @@ class CausalLM(nn.Module):
         self.tokenizer = tokenizer
         self.has_adapters = _is_peft(lm)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Next-token logits (B, T, V) for ids and mask (B, T), padded on either side."""
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, select: Tensor | None = None
+    ) -> Tensor:
+        """Next-token logits for ids and mask (B, T), padded on either side.
+
+        Args:
+            select: (B, T) bool, the positions whose next token is learnt; only their logits
+                are computed (the output head is a large share of a small model's step, and
+                its (B, T, V) logits most of the step's memory).
+
+        Returns:
+            (B, T, V) logits, or (N, V) for the N selected positions in row-major order.
+        """
         # positions count real tokens only, so left padding does not shift them
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-        out = self.lm(
+        if select is None or self._decoder is None:
+            logits = self.lm(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=positions,
+                use_cache=False,
+            ).logits  # (B, T, V)
+            return logits if select is None else logits[select]
+        decoder, head = self._decoder
+        hidden = decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions,
             use_cache=False,
-        )
-        return out.logits  # (B, T, V)
+        ).last_hidden_state  # (B, T, H)
+        return head(hidden[select])  # (N, V)
+
+    @property
+    def _decoder(self) -> tuple[nn.Module, nn.Module] | None:
+        """The decoder stack and the output head, when the head is a plain projection of the
+        last hidden state (no logit scaling or soft-capping a config adds)."""
+        base = self.base_model
+        config = base.config
+        if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+            return None
+        get_decoder = getattr(base, "get_decoder", None)
+        head = base.get_output_embeddings()
+        decoder = get_decoder() if get_decoder is not None else None
+        if decoder is None or head is None:
+            return None
+        return decoder, head
+
+    def trained_state_dict(self) -> dict[str, Tensor]:
+        """The weights training changes, by their ``state_dict`` names: the adapters under LoRA,
+        every (untied) weight under full fine-tuning. What a checkpoint holds."""
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    def load_trained_state(self, tensors: dict[str, Tensor]) -> None:
+        """Load what :meth:`trained_state_dict` saved; every trained weight must be there.
+
+        Raises:
+            ValueError: a weight is missing or unknown (another model or LoRA setting).
+        """
+        trained = set(self.trained_state_dict())
+        missing, unknown = sorted(trained - set(tensors)), sorted(set(tensors) - trained)
+        if missing or unknown:
+            raise ValueError(
+                f"the checkpoint does not fit the model: {len(missing)} trained weights "
+                f"missing ({', '.join(missing[:3])}), {len(unknown)} unknown "
+                f"({', '.join(unknown[:3])})"
+            )
+        self.load_state_dict(tensors, strict=False)
 
     @property
     def base_model(self) -> Any:

@@ -104,15 +104,15 @@ def render_report(content: ReportContent) -> str:
         _notes(content.notes),
         _metrics(content),
         _choices(content),
-        _figure("Accuracy, latency and size of every variant", content.tradeoff_png),
+        figure_section("Accuracy, latency and size of every variant", content.tradeoff_png),
         _variants_table(content),
-        *(_figure(caption, png) for caption, png in content.images.items()),
+        *(figure_section(caption, png) for caption, png in content.images.items()),
     ]
     body = "\n".join(s for s in sections if s)
     return (
         "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>\n"
-        f"<title>{_e(content.name)} · modelyard report</title>\n"
+        f"<title>{esc(content.name)} · modelyard report</title>\n"
         f"<style>{CSS}</style>\n</head>\n<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
     )
 
@@ -125,9 +125,9 @@ def _header(c: ReportContent) -> str:
         facts.append(("run", c.run_dir))
     if c.created_at:
         facts.append(("created", c.created_at))
-    items = "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in facts)
+    items = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in facts)
     return (
-        f"<header><p class='kicker'>modelyard run report</p><h1>{_e(c.name)}</h1>"
+        f"<header><p class='kicker'>modelyard run report</p><h1>{esc(c.name)}</h1>"
         f"<dl class='facts'>{items}</dl></header>"
     )
 
@@ -135,7 +135,7 @@ def _header(c: ReportContent) -> str:
 def _notes(notes: Sequence[str]) -> str:
     if not notes:
         return ""
-    items = "".join(f"<li>{_e(n)}</li>" for n in notes)
+    items = "".join(f"<li>{esc(n)}</li>" for n in notes)
     return f"<section class='notes'><h2>Notes</h2><ul>{items}</ul></section>"
 
 
@@ -153,20 +153,20 @@ def _choices(c: ReportContent) -> str:
         if choice is not None and choice.variant is not None:
             m = choice.variant
             body = (
-                f"<p class='pick'>{_e(m.name)} <span class='muted'>v{m.version}</span></p>"
-                f"<p>{_e(c.metric)} {_fmt(m.score, 4)} · {_size(m.size_mb)} MB · "
+                f"<p class='pick'>{esc(m.name)} <span class='muted'>v{m.version}</span></p>"
+                f"<p>{esc(c.metric)} {_fmt(m.score, 4)} · {_size(m.size_mb)} MB · "
                 f"p99 {_fmt(m.p99_ms, 2)} ms · {_fmt(m.throughput, 0)} texts/s</p>"
-                f"<p class='muted small'>{_e(m.bundle)}</p>"
+                f"<p class='muted small'>{esc(m.bundle)}</p>"
             )
             css = "card ok"
         else:
             reason = choice.reason if choice is not None else "not evaluated"
             reason = reason.removeprefix(f"{name}: ")  # the card's title names the target
-            body = f"<p class='pick'>nothing fits</p><p>{_e(reason)}</p>"
+            body = f"<p class='pick'>nothing fits</p><p>{esc(reason)}</p>"
             css = "card fail"
         cards.append(
-            f"<div class='{css}'><h3>{_e(name)} <span class='badge'>{_e(target.format)}</span>"
-            f"</h3><p class='muted small'>{_e(budgets)}</p>{body}</div>"
+            f"<div class='{css}'><h3>{esc(name)} <span class='badge'>{esc(target.format)}</span>"
+            f"</h3><p class='muted small'>{esc(budgets)}</p>{body}</div>"
         )
     return (
         f"<section><h2>Deployment targets</h2><div class='cards'>{''.join(cards)}</div></section>"
@@ -186,8 +186,8 @@ def _variants_table(c: ReportContent) -> str:
         "<tr><th>variant</th><th>format</th><th>version</th><th class='num'>size MB</th>"
         "<th class='num'>p50 ms</th><th class='num'>p99 ms</th>"
         "<th class='num'>texts/s (batch 32)</th>"
-        f"<th class='num'>validation {_e(c.metric)}</th><th class='num'>drop ({drop_unit})</th>"
-        f"<th class='num'>test {_e(c.metric)}</th><th>status</th></tr>"
+        f"<th class='num'>validation {esc(c.metric)}</th><th class='num'>drop ({drop_unit})</th>"
+        f"<th class='num'>test {esc(c.metric)}</th><th>status</th></tr>"
     )
     rows = []
     for m in c.variants:
@@ -199,12 +199,12 @@ def _variants_table(c: ReportContent) -> str:
         else:
             status, css = "accepted", ""
         rows.append(
-            f"<tr class='{css}'><td title='{_e(m.bundle)}'>{_e(m.name)}</td>"
-            f"<td>{_e(m.format)}</td><td>{m.version}</td>"
+            f"<tr class='{css}'><td title='{esc(m.bundle)}'>{esc(m.name)}</td>"
+            f"<td>{esc(m.format)}</td><td>{m.version}</td>"
             f"<td class='num'>{_size(m.size_mb)}</td><td class='num'>{_fmt(m.p50_ms, 2)}</td>"
             f"<td class='num'>{_fmt(m.p99_ms, 2)}</td><td class='num'>{_fmt(m.throughput, 0)}</td>"
             f"<td class='num'>{_fmt(m.score, 4)}</td><td class='num'>{_fmt(m.drop, 2)}</td>"
-            f"<td class='num'>{_test_cell(m, c.metric)}</td><td>{_e(status)}</td></tr>"
+            f"<td class='num'>{_test_cell(m, c.metric)}</td><td>{esc(status)}</td></tr>"
         )
     return (
         "<section><h2>Variants</h2><p class='muted small'>Latency at batch 1 and throughput "
@@ -238,7 +238,7 @@ def _metrics(c: ReportContent) -> str:
             )
         cells.append(
             f"<div class='metric'><span class='value'>{_fmt(v, 4)}</span>"
-            f"<span class='name'>{_e(k)}</span>{interval}</div>"
+            f"<span class='name'>{esc(k)}</span>{interval}</div>"
         )
     joined = "".join(cells)
     return (
@@ -247,17 +247,17 @@ def _metrics(c: ReportContent) -> str:
     )
 
 
-def _figure(caption: str, png: Path | None) -> str:
+def figure_section(caption: str, png: Path | None) -> str:
     if png is None:
         return ""
     if not Path(png).is_file():
         return (
-            f"<section><h2>{_e(caption)}</h2><p class='muted'>(image missing: {_e(str(png))})"
+            f"<section><h2>{esc(caption)}</h2><p class='muted'>(image missing: {esc(str(png))})"
             "</p></section>"
         )
     data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
     return (
-        f"<section><h2>{_e(caption)}</h2><figure><img alt='{_e(caption)}' "
+        f"<section><h2>{esc(caption)}</h2><figure><img alt='{esc(caption)}' "
         f"src='data:image/png;base64,{data}'></figure></section>"
     )
 
@@ -291,7 +291,7 @@ def _size(mb: float) -> str:
     return f"{mb:,.2f}" if abs(mb) >= 1 else f"{mb:.3g}"
 
 
-def _e(text: object) -> str:
+def esc(text: object) -> str:
     return escape(str(text), quote=True)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from modelyard.metrics import ClassReport
 from modelyard.tasks.base import Prediction, Starter, Task
 from modelyard.tasks.classes import Binary, Multiclass
+from modelyard.tasks.generation import Generation
 from modelyard.tasks.multilabel import Multilabel
 from modelyard.tasks.parsing import LabelProblem
 from modelyard.tasks.regression import Regression
@@ -38,6 +39,7 @@ register_task(Binary("binary"))
 register_task(Multiclass("multiclass"))
 register_task(Multilabel("multilabel"))
 register_task(Regression("regression"))
+register_task(Generation("generation"))
 
 
 def task_names() -> tuple[str, ...]:

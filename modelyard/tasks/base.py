@@ -53,11 +53,13 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Starter:
-    """What ``modelyard init`` writes for a task: the label column, its help, the loss line."""
+    """What ``modelyard init`` writes for a task: the label column, its help, the loss line;
+    or a whole ``template`` (``str.format`` with ``name``) for a task unlike the classifiers'."""
 
     label_column: str
     label_help: str
     loss_comment: str
+    template: str | None = None
 
 
 class Task:
@@ -76,6 +78,7 @@ class Task:
     single_output: bool = False  # the model emits one value per text, whatever the classes
     has_confusion: bool = False  # one true and one predicted class per text: a confusion matrix
     min_classes: int = 1
+    generative: bool = False  # text in, text out: a causal LM trained on conversations
     starter: Starter = Starter("label", "", "auto")
 
     def __init__(self, name: str) -> None:

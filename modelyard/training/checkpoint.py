@@ -25,6 +25,7 @@ from torch import nn
 from modelyard.atomic import atomic_path, atomic_write, atomic_write_text
 from modelyard.errors import RunError
 from modelyard.metrics import json_safe
+from modelyard.models.capabilities import PartlyTrained
 from modelyard.training.distributed import gather
 from modelyard.training.state import STATE_FORMAT, Progress, Session
 
@@ -32,9 +33,25 @@ log = logging.getLogger("modelyard.training")
 
 
 # ------------------------------------------------------------------------------------ weights
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint of ``model`` holds: its ``state_dict``, or only the weights training
+    changes for a model that says so (:class:`~modelyard.models.capabilities.PartlyTrained`)."""
+    if isinstance(model, PartlyTrained):
+        return model.trained_state_dict()
+    return model.state_dict()
+
+
+def load_trained_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Load what :func:`trained_state` saved (strict: every key must match)."""
+    if isinstance(model, PartlyTrained):
+        model.load_trained_state(tensors)
+    else:
+        model.load_state_dict(tensors, strict=True)
+
+
 def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     # safetensors refuses shared or non-contiguous storage; clone to plain CPU tensors
-    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().contiguous().clone() for k, v in trained_state(model).items()}
 
 
 def save_weights(
@@ -51,7 +68,10 @@ def load_weights(path: str | Path, model: nn.Module) -> None:
     path = Path(path)
     if not path.is_file():
         raise RunError(f"{path}: checkpoint not found")
-    model.load_state_dict(load_file(str(path)), strict=True)
+    try:
+        load_trained_state(model, load_file(str(path)))
+    except (RuntimeError, ValueError) as exc:
+        raise RunError(f"{path}: the weights do not fit the configured model: {exc}") from exc
 
 
 # ----------------------------------------------------------------------------------- RNG state
@@ -124,9 +144,7 @@ def save_checkpoint(session: Session) -> None:
     save_weights(session.paths.weights("last"), session.trainer.model, meta)
     state = {
         "format": STATE_FORMAT,
-        "model": {
-            k: v.detach().cpu().clone() for k, v in session.trainer.model.state_dict().items()
-        },
+        "model": _tensors(session.trainer.model),
         "optimizer": session.trainer.optimizer.state_dict(),
         "schedule": session.trainer.schedule.state_dict(),
         "scaler": session.trainer.scaler.state_dict(),
@@ -163,7 +181,7 @@ def restore_checkpoint(session: Session) -> None:
         )
     parts = session.trainer
     try:
-        parts.model.load_state_dict(state["model"])
+        load_trained_state(parts.model, state["model"])
         parts.optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError) as exc:
         raise RunError(

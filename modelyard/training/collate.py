@@ -9,13 +9,14 @@ ids, sides, lengths or devices one by one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
 
 from modelyard.tokenize import pad_batch
+from modelyard.tokenize.chat import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from modelyard.data import Examples
@@ -50,8 +51,23 @@ class FeatureSplit:
         return len(self.lengths)
 
 
-S = TypeVar("S", EncodedSplit, FeatureSplit)
-S_contra = TypeVar("S_contra", EncodedSplit, FeatureSplit, contravariant=True)
+@dataclass
+class ChatSplit:
+    """Conversations encoded once for a causal LM: token ids and, per token, its label (the id
+    where the token is learnt, ``IGNORE_INDEX`` elsewhere)."""
+
+    seqs: list[list[int]]
+    labels: list[list[int]]
+    lengths: np.ndarray
+    source: str
+    targets: np.ndarray = field(default_factory=lambda: np.zeros(0))  # none: the labels are ids
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+
+S = TypeVar("S", EncodedSplit, FeatureSplit, ChatSplit)
+S_contra = TypeVar("S_contra", EncodedSplit, FeatureSplit, ChatSplit, contravariant=True)
 
 
 @dataclass(frozen=True)
@@ -118,6 +134,39 @@ class FeatureBatches:
     def __call__(self, split: FeatureSplit, idx: np.ndarray) -> Batch:
         targets = torch.from_numpy(split.targets[idx]).to(self.device)
         return Batch(self.inputs(split, idx), targets)
+
+
+@dataclass(frozen=True)
+class ChatBatches:
+    """Causal LM batches: ids and mask padded on the right to the batch's longest record, and
+    ``select``, the positions whose next token is learnt; the targets are those next tokens
+    (N,), so the model computes logits for those positions alone."""
+
+    pad_id: int
+    device: torch.device
+
+    def inputs(self, split: ChatSplit, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
+        return self._tensors(split, idx)[:3]
+
+    def __call__(self, split: ChatSplit, idx: np.ndarray) -> Batch:
+        *inputs, targets = self._tensors(split, idx)
+        return Batch(tuple(inputs), targets)
+
+    def _tensors(self, split: ChatSplit, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
+        rows = [split.seqs[i] for i in idx]
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)  # (B, T)
+        labels = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)  # (B, T)
+        mask = np.zeros((len(rows), width), dtype=np.int64)  # (B, T)
+        for row, i in enumerate(idx):
+            n = len(split.seqs[i])
+            ids[row, :n] = split.seqs[i]
+            labels[row, :n] = split.labels[i]
+            mask[row, :n] = 1
+        select = np.zeros((len(rows), width), dtype=bool)  # position t predicts token t + 1
+        select[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+        targets = labels[:, 1:][select[:, :-1]]  # (N,)
+        return tuple(torch.from_numpy(a).to(self.device) for a in (ids, mask, select, targets))
 
 
 @dataclass

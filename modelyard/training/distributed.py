@@ -277,3 +277,17 @@ def check_ranks_agree(model: nn.Module, world: World) -> list[str]:
     if world.is_main and len(set(digests)) > 1:
         raise RunError(f"ranks ended with different weights: {digests}")
     return digests
+
+
+def without_options(argv: Sequence[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` less the options ``names`` and their values (``--x V`` or ``--x=V``)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        elif not arg.startswith(tuple(f"{n}=" for n in names)):
+            out.append(arg)
+    return out

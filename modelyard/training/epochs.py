@@ -192,7 +192,7 @@ def end_epoch(session: Session, epoch: int) -> bool:
             "epoch": epoch + 1,
             "step": p.global_step,
             "train_loss": p.loss_sum / max(p.seen, 1),
-            **validate(session),
+            **(session.validator or validate)(session),
             "lr": current_lr(session.trainer.optimizer),
             "epoch_time_s": round(p.elapsed_s, 4),
             "samples_per_s": round(p.seen / max(p.elapsed_s, 1e-9), 1),

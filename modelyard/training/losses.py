@@ -111,6 +111,17 @@ class FocalLoss(nn.Module):
         return loss.mean()
 
 
+class TokenCrossEntropy(nn.Module):
+    """A causal LM's loss: the mean cross-entropy of the learnt tokens, each counted once.
+
+    ``logits`` are (N, V) for the N learnt positions of the batch (``ChatBatches``' select),
+    ``targets`` (N,) their next tokens.
+    """
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets.long())
+
+
 def _pos_weight(w: np.ndarray | None) -> torch.Tensor | None:
     # BCE only re-weights positives relative to negatives: pos_weight = w_pos / w_neg
     if w is None:
@@ -130,6 +141,7 @@ LOSSES: dict[str, LossBuilder] = {
     "mse": lambda cfg, task, w: MSELoss(),
     "huber": lambda cfg, task, w: HuberLoss(cfg.huber_delta),
     "focal": lambda cfg, task, w: FocalLoss(task, cfg.focal_gamma, _tensor(w)),
+    "token_cross_entropy": lambda cfg, task, w: TokenCrossEntropy(),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from modelyard.tokenize import build_tokenizer, encode, load_tokenizer, tokenize
 from modelyard.training.batches import batches_per_epoch
 from modelyard.training.callbacks import BestTracker, EarlyStopping, metric_mode, resolve_monitor
 from modelyard.training.checkpoint import restore_checkpoint
-from modelyard.training.collate import Data, EncodedSplit, TokenBatches, encoded_split
+from modelyard.training.collate import ChatSplit, Data, EncodedSplit, TokenBatches, encoded_split
 from modelyard.training.distributed import World, local_rank, on_main, seed_rank, wrap
 from modelyard.training.environment import (
     autocast_dtype,
@@ -42,7 +43,7 @@ from modelyard.training.head_only import on_features
 from modelyard.training.losses import build_loss
 from modelyard.training.optim import build_optimizer, build_schedule
 from modelyard.training.param_groups import parameter_groups
-from modelyard.training.state import Session, Trainer, write_run_json
+from modelyard.training.state import Session, Trainer, model_info, write_run_json
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -167,14 +168,11 @@ def setup(
         ConfigError: a setting cannot work (unknown monitor, missing GPU, loss/task mismatch).
     """
     paths = RunPaths(config.run_dir)
-    tcfg = config.train
     world = world if world is not None else World()
     caps = capabilities(config.model)
     if caps.head_only and world.size > 1:
         raise ConfigError("model.head_only trains the head in one process: drop --nproc")
-    device = resolve_device(tcfg.device, local_rank(world))
-    check_precision(tcfg.precision, device)
-    _check_tensorboard(config)
+    device = check_settings(config, world)
     # everything that can fail on the config or the data fails here, before the run directory
     # is touched: --overwrite never deletes a run for a config that cannot train
     splits = load_splits(config)
@@ -184,28 +182,8 @@ def setup(
             "stopping): set data.validation or data.validation_split > 0"
         )
     monitors = _available_monitors(config, splits.labels, np.asarray(splits.validation.targets))
-    monitor = resolve_monitor(tcfg.monitor, monitors, "train.monitor")
-    best = BestTracker(monitor, metric_mode(monitor))
-    early = None
-    if tcfg.early_stopping is not None:
-        es = tcfg.early_stopping
-        es_monitor = resolve_monitor(es.monitor, monitors, "train.early_stopping.monitor")
-        mode = metric_mode(es_monitor) if es.mode == "auto" else es.mode
-        early = EarlyStopping(BestTracker(es_monitor, mode, es.min_delta), es.patience)
-    schedule_cfg = tcfg.schedule
-    if schedule_cfg.name == "plateau":
-        plateau_monitor = resolve_monitor(schedule_cfg.monitor, monitors, "train.schedule.monitor")
-        schedule_cfg = schedule_cfg.model_copy(update={"monitor": plateau_monitor})
-
-    on_main(world, lambda: prepare_run_dir(paths, resume=resume, overwrite=overwrite))
-    if resume and world.is_main and paths.config.is_file():
-        saved = yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {}
-        now = yaml.safe_load(dump_config(config))
-        # where the run directory lives may change (a moved run); what it trains may not
-        if {**saved, "output_dir": None} != {**now, "output_dir": None}:
-            log.warning("resuming %s with a config that differs from its config.yaml", paths.dir)
-    if world.is_main:
-        atomic_write_text(paths.config, dump_config(config))
+    watch = Monitoring.resolve(config, monitors)
+    open_run_dir(config, paths, world, resume=resume, overwrite=overwrite)
     tok = _load_or_build_tokenizer(config, paths, splits, resume, world)
     info = tokenizer_info(tok)
     data = Data(
@@ -227,39 +205,105 @@ def setup(
     ).to(device)
     seed_rank(world, config.seed)
     trainer = build_trainer(
-        config, model, data.train, splits.labels.num_outputs, device, schedule=schedule_cfg
+        config, model, data.train, splits.labels.num_outputs, device, schedule=watch.schedule
     )
     session = Session(
         config=config,
         paths=paths,
         labels=splits.labels,
         tokenizer=tok,
+        model_info=model_info(config, splits.labels, tok),
         data=data,
         trainer=trainer,
-        best=best,
-        early_stopping=early,
+        best=watch.best,
+        early_stopping=watch.early_stopping,
         world=world,
     )
     if resume:
         restore_checkpoint(session)
     if caps.head_only:
-        session.data, session.trainer = on_features(data, trainer, tcfg.batch_size)
+        session.data, session.trainer = on_features(data, trainer, config.train.batch_size)
+    start(session)
+    return session
+
+
+def check_settings(config: Config, world: World) -> torch.device:
+    """The device to train on, once the precision and TensorBoard settings are checked."""
+    device = resolve_device(config.train.device, local_rank(world))
+    check_precision(config.train.precision, device)
+    _check_tensorboard(config)
+    return device
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """What watches validation: the best checkpoint's tracker, early stopping, and the schedule
+    section with its monitor resolved."""
+
+    best: BestTracker
+    early_stopping: EarlyStopping | None
+    schedule: ScheduleConfig
+
+    @classmethod
+    def resolve(cls, config: Config, monitors: list[str]) -> Monitoring:
+        """Check every monitor the config names against the record keys ``monitors``.
+
+        Raises:
+            ConfigError: a monitor names no key of the validation record.
+        """
+        tcfg = config.train
+        monitor = resolve_monitor(tcfg.monitor, monitors, "train.monitor")
+        early = None
+        if tcfg.early_stopping is not None:
+            es = tcfg.early_stopping
+            es_monitor = resolve_monitor(es.monitor, monitors, "train.early_stopping.monitor")
+            mode = metric_mode(es_monitor) if es.mode == "auto" else es.mode
+            early = EarlyStopping(BestTracker(es_monitor, mode, es.min_delta), es.patience)
+        schedule = tcfg.schedule
+        if schedule.name == "plateau":
+            plateau = resolve_monitor(schedule.monitor, monitors, "train.schedule.monitor")
+            schedule = schedule.model_copy(update={"monitor": plateau})
+        return cls(BestTracker(monitor, metric_mode(monitor)), early, schedule)
+
+
+def open_run_dir(
+    config: Config, paths: RunPaths, world: World, *, resume: bool, overwrite: bool
+) -> None:
+    """Check the run directory against resume / overwrite (rank 0) and write config.yaml."""
+    on_main(world, lambda: prepare_run_dir(paths, resume=resume, overwrite=overwrite))
+    if resume and world.is_main and paths.config.is_file():
+        saved = yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {}
+        now = yaml.safe_load(dump_config(config))
+        # where the run directory lives may change (a moved run); what it trains may not
+        if {**saved, "output_dir": None} != {**now, "output_dir": None}:
+            log.warning("resuming %s with a config that differs from its config.yaml", paths.dir)
+    if world.is_main:
+        atomic_write_text(paths.config, dump_config(config))
+
+
+def start(session: Session) -> None:
+    """The last of setup: the DDP wrapper, the step hooks, run.json and the TensorBoard
+    writer."""
+    config, model, world = session.config, session.trainer.model, session.world
+    device = session.data.batch.device
     session.trainer.ddp = wrap(model, world, device)
-    if tcfg.checkpoint_every_steps:
-        session.hooks.after_step.append(mid_epoch_checkpoints(session, tcfg.checkpoint_every_steps))
+    every = config.train.checkpoint_every_steps
+    if every:
+        session.hooks.after_step.append(mid_epoch_checkpoints(session, every))
     write_run_json(session, "running")
-    session.writer = _tensorboard_writer(config, paths, world)
+    session.writer = _tensorboard_writer(config, session.paths, world)
     log.info(
-        "run %s: %d train / %d validation texts, vocab %d, %d parameters, device %s, %d rank(s)",
-        paths.dir,
-        len(data.train),
-        len(data.validation),
-        info.vocab_size,
+        "run %s: %d train / %d validation examples, vocab %s, %d parameters (%d trained), "
+        "device %s, %d rank(s)",
+        session.paths.dir,
+        len(session.data.train),
+        len(session.data.validation),
+        session.model_info.get("vocab_size"),
         sum(p.numel() for p in model.parameters()),
+        sum(p.numel() for p in model.parameters() if p.requires_grad),
         device,
         world.size,
     )
-    return session
 
 
 def token_batches(config: Config, tok: Tokenizer, device: torch.device) -> TokenBatches:
@@ -277,7 +321,7 @@ def token_batches(config: Config, tok: Tokenizer, device: torch.device) -> Token
 def build_trainer(
     config: Config,
     model: nn.Module,
-    train: EncodedSplit,
+    train: EncodedSplit | ChatSplit,
     num_outputs: int,
     device: torch.device,
     *,

@@ -15,10 +15,12 @@ from modelyard.config import Config
 from modelyard.metrics import format_with_interval
 from modelyard.plots import plot_learning_curves
 from modelyard.runs import Run
+from modelyard.tasks import get_task
 from modelyard.training.distributed import World, barrier, check_ranks_agree, process_group
 from modelyard.training.environment import torch_settings
 from modelyard.training.epochs import fit
 from modelyard.training.evaluation import evaluate_examples
+from modelyard.training.generative import finish_generative, setup_generative
 from modelyard.training.prepare import setup
 from modelyard.training.state import Session, write_run_json
 
@@ -89,8 +91,10 @@ def train(
         ConfigError, DataError: from the config and the data files.
     """
     world = world if world is not None else World.from_env(os.environ)
+    generative = get_task(config.task).generative
+    begin, end = (setup_generative, finish_generative) if generative else (setup, finish)
     with torch_settings(config), process_group(world, config):
-        session = setup(config, resume=resume, overwrite=overwrite, world=world)
+        session = begin(config, resume=resume, overwrite=overwrite, world=world)
         try:
             fit(session)
             if world.distributed:
@@ -103,6 +107,6 @@ def train(
             raise
         finally:
             close(session)
-        run = finish(session) if world.is_main else None
+        run = end(session) if world.is_main else None
         barrier(world)  # the other ranks return once rank 0 has finished the run directory
         return run if run is not None else Run.load(session.paths.dir)

@@ -117,12 +117,30 @@ class Session(Loop):
     """One training run while it runs: its loop, plus what the run writes and decides."""
 
     paths: RunPaths
-    labels: LabelSpace
-    tokenizer: Tokenizer
+    labels: LabelSpace  # no classes for a generative task
+    tokenizer: Tokenizer | Any  # a Hugging Face tokenizer for a causal LM
+    model_info: dict[str, Any]  # what run.json says to rebuild the model (see model_info)
     best: BestTracker
     early_stopping: EarlyStopping | None
     writer: Any = None  # torch.utils.tensorboard.SummaryWriter when train.tensorboard
     digests: list[str] = field(default_factory=list)  # each rank's final weights (rank 0)
+    # the validation record of the current model; None: ``epochs.validate`` (loss and metrics
+    # on scores), a causal LM's is its per-token loss and perplexity
+    validator: Callable[[Session], dict[str, float]] | None = None
+
+
+def model_info(config: Config, labels: LabelSpace, tokenizer: Tokenizer) -> dict[str, Any]:
+    """What run.json holds to rebuild a model that scores texts: labels, vocabulary, lengths."""
+    tok = tokenizer_info(tokenizer)
+    return {
+        "labels": list(labels.labels),
+        "label_space": labels.to_dict(),
+        "vocab_size": int(tok.vocab_size),
+        "num_outputs": labels.num_outputs,
+        "max_length": int(config.tokenizer.max_length),
+        "pad_id": int(tok.pad_id),
+        "padding_side": str(tok.padding_side),
+    }
 
 
 def write_run_json(session: Session, status: str) -> None:
@@ -130,17 +148,10 @@ def write_run_json(session: Session, status: str) -> None:
     if not session.world.is_main:
         return
     progress = session.progress
-    tok = tokenizer_info(session.tokenizer)
     info: dict[str, object] = {
         "name": session.config.name,
         "task": session.config.task,
-        "labels": list(session.labels.labels),
-        "label_space": session.labels.to_dict(),
-        "vocab_size": int(tok.vocab_size),
-        "num_outputs": session.labels.num_outputs,
-        "max_length": int(session.config.tokenizer.max_length),
-        "pad_id": int(tok.pad_id),
-        "padding_side": str(tok.padding_side),
+        **session.model_info,
         "status": status,
         "monitor": session.best.monitor,
         "best_epoch": session.best.best_epoch or None,
