@@ -56,11 +56,12 @@ def _learnt(tokenizer: Any, ids: list[int], labels: list[int]) -> str:
 
 # --------------------------------------------------------------------------------- encoding
 @pytest.mark.unit
-def test_only_the_answer_and_its_end_token_are_learnt(tokenizer: Any) -> None:
+def test_only_the_assistant_turn_is_learnt(tokenizer: Any) -> None:
     record = _record(("system", "Be brief."), ("user", "What is a cat?"), ("assistant", "A pet."))
     enc = encode_conversations(tokenizer, [record], max_length=128, train_on="completion")
     ids, labels = enc.input_ids[0], enc.labels[0]
-    assert _learnt(tokenizer, ids, labels) == "A pet.<|im_end|>"
+    # the turn as the template renders it, its end token and newline included (TRL's completion)
+    assert _learnt(tokenizer, ids, labels) == "A pet.<|im_end|>\n"
     # one tokenization of the whole templated text: the boundaries the model sees at inference
     full = tokenizer.apply_chat_template(record.messages, tokenize=False)
     assert ids == tokenizer(full, add_special_tokens=False)["input_ids"]
@@ -77,7 +78,7 @@ def test_every_assistant_turn_is_learnt_in_a_multi_turn_chat(tokenizer: Any) -> 
     )
     enc = encode_conversations(tokenizer, [record], max_length=128)
     assert _learnt(tokenizer, enc.input_ids[0], enc.labels[0]) == (
-        "A small pet.<|im_end|>A loyal pet that barks.<|im_end|>"
+        "A small pet.<|im_end|>\nA loyal pet that barks.<|im_end|>\n"
     )
 
 

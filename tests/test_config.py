@@ -16,6 +16,7 @@ from modelyard.config import (
     validate_config,
 )
 from modelyard.errors import ConfigError
+from modelyard.tasks import task_names
 from modelyard.templates import starter_config
 
 pytestmark = pytest.mark.unit
@@ -37,7 +38,7 @@ def test_every_shipped_config_loads(path: Path) -> None:
     assert Path(config.data.train).exists(), "shipped configs point at shipped data"
 
 
-@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel", "regression"])
+@pytest.mark.parametrize("task", task_names())
 def test_starter_configs_validate(task: str) -> None:
     raw = yaml.safe_load(starter_config(task, "demo"))
     config = validate_config(raw)

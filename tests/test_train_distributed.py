@@ -242,3 +242,47 @@ def test_launch_errors_are_clear(
     monkeypatch.setenv("RANK", "0")
     assert main(["train", config, "--nproc", "2"]) == 2
     assert "under torchrun" in capsys.readouterr().err
+
+
+def test_two_processes_fine_tune_a_causal_lm(tmp_path: Path) -> None:
+    """``--nproc 2`` on the generative road: LoRA adapters on a tiny llama, the ranks agree."""
+    from helpers.tiny_llm import tiny_llama_dir, tiny_tokenizer
+
+    model_dir = tiny_llama_dir(tmp_path / "llm", tiny_tokenizer())
+    pets = [("cat", "A small pet."), ("dog", "A loyal pet that barks.")]
+    records = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is a {q}?"},
+                {"role": "assistant", "content": a},
+            ]
+        }
+        for q, a in pets * 12
+    ]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = {
+        "name": "gen2",
+        "task": "generation",
+        "output_dir": str(tmp_path / "runs"),
+        "data": {"train": str(tmp_path / "chat.jsonl"), "validation_split": 0.25},
+        "tokenizer": {"max_length": 32},
+        "model": {"kind": "causal_lm", "path": str(model_dir), "lora": {"r": 2, "alpha": 4}},
+        "train": {
+            "epochs": 2,
+            "batch_size": 6,
+            "optimizer": {"name": "adamw", "lr": 0.02},
+            "num_threads": 1,
+            "progress": False,
+        },
+    }
+    path = tmp_path / "gen2.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = cli(tmp_path, str(path), "--nproc", "2")
+    assert done.returncode == 0, done.stderr
+    info = json.loads((tmp_path / "runs" / "gen2" / "run.json").read_text())
+    assert info["status"] == "completed" and info["world_size"] == 2
+    digests = info["rank_weights_sha256"]
+    assert len(digests) == 2 and len(set(digests)) == 1
+    history = (tmp_path / "runs" / "gen2" / "metrics.jsonl").read_text().splitlines()
+    losses = [json.loads(line)["val_loss"] for line in history]
+    assert len(losses) == 2 and losses[1] < losses[0]

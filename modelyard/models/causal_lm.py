@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -216,7 +217,10 @@ def load_causal_lm(cfg: CausalLMConfig) -> LoadedCausalLM:
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
             lm: Any = AutoModelForCausalLM.from_pretrained(
-                str(directory), local_files_only=True, use_safetensors=True
+                str(directory),
+                local_files_only=True,
+                use_safetensors=True,
+                attn_implementation=attention_kernel(cfg.attention),
             )
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(
@@ -230,6 +234,13 @@ def load_causal_lm(cfg: CausalLMConfig) -> LoadedCausalLM:
     if cfg.lora is not None:
         lm = add_causal_lora(lm, cfg.lora)
     return LoadedCausalLM(CausalLM(lm, tokenizer).train(), tokenizer)
+
+
+def attention_kernel(name: str) -> str:
+    """``model.attention`` resolved: ``auto`` is ``eager`` without a GPU, ``sdpa`` with one."""
+    if name != "auto":
+        return name
+    return "sdpa" if torch.cuda.is_available() else "eager"
 
 
 def add_causal_lora(lm: nn.Module, cfg: LoRAConfig) -> nn.Module:

@@ -8,9 +8,10 @@ The full templated text of a record is tokenized once, so token boundaries are t
 model sees at inference. Where each assistant turn lies comes from the template itself: the text
 of the turns before it with the generation prompt (where the answer starts) and the text through
 it (where its turn ends) are prefixes of the full text. A token is learnt when it starts inside
-an assistant span; the span ends with its end-of-turn token (the last special token in it), so
-the newline a template writes after ``<|im_end|>`` is not learnt. A token straddling the start of
-an answer belongs to the prompt.
+an assistant span: the turn as the template renders it, its end-of-turn token and what the
+template writes after it (ChatML's newline after ``<|im_end|>``) included, which is the completion
+TRL's ``completion_only_loss`` learns, so the two report the same ``val_loss`` over the same
+tokens. A token straddling the start of an answer belongs to the prompt.
 
 Length rule (:func:`encode_conversations`): the prompt (every token before the first learnt one)
 must fit in ``max_length`` with room for one answer token, else :class:`DataError` naming
@@ -66,7 +67,7 @@ def encode_conversations(
         tokenizer: a Hugging Face fast tokenizer with a ``chat_template``.
         records: what :func:`modelyard.data.read_conversations` returns.
         max_length: the most tokens a record keeps.
-        train_on: ``completion``: only the assistant turns (and their end-of-turn token) are
+        train_on: ``completion``: only the assistant turns (through their end-of-turn text) are
             learnt; ``all``: every token. Plain-text records always learn every token (their
             text, then the end-of-sequence token).
 
@@ -82,7 +83,6 @@ def encode_conversations(
         raise ValueError(f"max_length must be >= 2, got {max_length}")
     if train_on not in ("completion", "all"):
         raise ValueError(f"train_on must be 'completion' or 'all', got {train_on!r}")
-    special = {int(i) for i in tokenizer.all_special_ids}
     out = ChatEncoding()
     for record in records:
         if record.text is not None:
@@ -90,7 +90,7 @@ def encode_conversations(
             labels = list(ids)
             prompt = 0
         else:
-            ids, learnt = _chat_ids(tokenizer, record, special)
+            ids, learnt = _chat_ids(tokenizer, record)
             prompt = learnt.index(True) if True in learnt else len(ids)
             everything = train_on == "all"
             labels = [
@@ -118,9 +118,7 @@ def _plain_ids(tokenizer: Any, text: str) -> list[int]:
     return ids
 
 
-def _chat_ids(
-    tokenizer: Any, record: Conversation, special: set[int]
-) -> tuple[list[int], list[bool]]:
+def _chat_ids(tokenizer: Any, record: Conversation) -> tuple[list[int], list[bool]]:
     """The ids of the templated record and, per token, whether it is in an assistant span."""
     if not tokenizer.chat_template:
         raise DataError(
@@ -147,11 +145,8 @@ def _chat_ids(
     starts = [int(a) for a, _ in encoded["offset_mapping"]]
     learnt = [False] * len(ids)
     for start, end in spans:
-        inside = [t for t, s in enumerate(starts) if start <= s < end]
-        ends = [t for t in inside if ids[t] in special]
-        last = ends[-1] if ends else (inside[-1] if inside else -1)
-        for t in inside:
-            if t <= last:
+        for t, s in enumerate(starts):
+            if start <= s < end:
                 learnt[t] = True
     return ids, learnt
 
