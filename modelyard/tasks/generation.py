@@ -37,7 +37,7 @@ model:
   gradient_checkpointing: false
 
 train:
-  optimizer: {{name: adamw, lr: 0.0002}}
+  optimizer: {{name: adamw, lr: 0.001}}   # measured best of 2e-4 / 1e-3 / 2e-3 on 512 records
   schedule: {{name: cosine, warmup_steps: 10}}
   epochs: 3                     # a ceiling: early stopping on val_loss
   batch_size: 16
