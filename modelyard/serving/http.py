@@ -187,8 +187,6 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._in_head = self._head_started = False
         self._disarm()
         super().on_headers_complete()
-        if type(self.cycle) is RequestResponseCycle:  # uvicorn builds its own: extend it
-            self.cycle.__class__ = _Cycle
         self._arm(self.limits.body_timeout_s)  # disarmed when the message completes
 
     def on_message_complete(self) -> None:
@@ -206,6 +204,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        if type(cycle) is RequestResponseCycle:  # uvicorn builds its own: extend it
+            cycle.__class__ = _Cycle
+        super()._start_asgi_task(cycle, app)
 
     def _on_deadline(self) -> None:
         self._deadline = None
@@ -266,6 +269,11 @@ class _Cycle(RequestResponseCycle):
     closing (a reset found by a write, with reads paused under pipelining) and that callback a
     write raises RuntimeError ("the handler is closed"), logged as an application error.
     """
+
+    async def run_asgi(self, app: Any) -> None:
+        # uvicorn's own 500 after an application error may find the client gone too
+        with contextlib.suppress(ClientGone):
+            await super().run_asgi(app)
 
     async def send(self, message: Any) -> None:
         if self.flow.write_paused and not self.disconnected:
