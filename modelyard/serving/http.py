@@ -278,7 +278,7 @@ class _Cycle(RequestResponseCycle):
     async def send(self, message: Any) -> None:
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
-        if not self.disconnected and self.transport.is_closing():
+        if not (self.disconnected or self.response_complete) and self.transport.is_closing():
             self.disconnected = True  # closed under us: nothing more reaches the client
         if self.disconnected:
             raise ClientGone("the client closed the connection before the answer was sent")
@@ -310,7 +310,7 @@ def _check_codings(headers: list[tuple[bytes, bytes]]) -> None:
             if unknown:
                 raise _Refusal(
                     501,
-                    f"transfer coding {unknown[0].decode('latin-1')!r} not implemented "
+                    f"transfer coding {unknown[0][:40].decode('latin-1')!r} not implemented "
                     "(only chunked)",
                 )
         elif name == b"content-encoding":
@@ -319,7 +319,7 @@ def _check_codings(headers: list[tuple[bytes, bytes]]) -> None:
             if unknown:
                 raise _Refusal(
                     415,
-                    f"content coding {unknown[0].decode('latin-1')!r} not supported; send the "
+                    f"content coding {unknown[0][:40].decode('latin-1')!r} not supported; send the "
                     "body uncompressed",
                     b"accept-encoding: identity\r\n",
                 )
