@@ -78,7 +78,7 @@ def is_rejected(bundle_dir: str | Path) -> bool:
     """
     try:
         data = json.loads((Path(bundle_dir) / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a broken manifest: loading it says why
         return False
     variant = data.get("variant") if isinstance(data, dict) else None
     return bool(isinstance(variant, dict) and variant.get("rejected"))

@@ -319,3 +319,34 @@ def test_a_served_model_file_overwritten_in_place_is_noticed_on_the_next_poll(
         f"reported as failed (corrupted, sha256) {noticed:.2f} s after, at a 0.1 s poll, while "
         "the copy in memory kept answering 200; the restore cleared it",
     )
+
+
+def test_a_version_whose_manifest_is_nested_deep_fails_alone(
+    tmp_path: Path, reliability, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "models"
+    for seed in (13, 14):
+        build_real_bundle(root, "a", seed=seed)
+    set_alias(root / "a", "server", 1)
+
+    async def run() -> tuple[int | None, list[int], dict[int, str]]:
+        repo = ModelRepository(root, alias="server", poll_s=0.05)  # the real loader: verifies
+        try:
+            await asyncio.wait_for(repo.refresh(), PASS_S)
+            _deep(root / "a" / "2" / "manifest.json")
+            set_alias(root / "a", "server", 2)  # asks for the broken one: 1 keeps serving
+            await asyncio.wait_for(repo.refresh(), PASS_S)
+            entry = repo.models["a"]
+            return entry.served, entry.on_disk, {v: f.error for v, f in entry.failed.items()}
+        finally:
+            await repo.stop()
+
+    served, on_disk, failed = asyncio.run(run())
+    assert served == 1 and on_disk == [1, 2], (served, on_disk)
+    assert "nested too deep" in failed[2], failed
+    reliability.record(
+        "fault",
+        "a version's manifest.json nested 200,000 deep, the served alias moved onto it",
+        1,
+        f"that version listed as failed ({failed[2][-60:]}); the version before kept serving",
+    )
