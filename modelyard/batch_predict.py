@@ -38,6 +38,7 @@ class PredictSummary:
         predicted: rows written with a prediction.
         failed: rows written as an error (a bad row or a failed prediction).
         output: where the JSONL went (``-`` for stdout).
+        lines_lost: source lines of the bad rows (a stray quote's row takes many).
         seconds: wall time.
     """
 
@@ -46,6 +47,7 @@ class PredictSummary:
     failed: int
     output: str
     seconds: float
+    lines_lost: int = 0
 
 
 def predict_file(
@@ -85,7 +87,7 @@ def predict_file(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     scorer = _scorer(source, version)
     started = time.perf_counter()
-    rows = failed = 0
+    rows = failed = lost = 0
     with (
         _open_input(input, format, text_column) as (path, fmt),
         _open_output(output) as out,
@@ -96,6 +98,7 @@ def predict_file(
             out.write(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in results))
             rows += len(results)
             failed += sum(1 for r in results if "error" in r)
+            lost += sum(item.lines for item in chunk if isinstance(item, BadRow))
             bar.update(len(results))
     return PredictSummary(
         rows=rows,
@@ -103,6 +106,7 @@ def predict_file(
         failed=failed,
         output=str(output),
         seconds=time.perf_counter() - started,
+        lines_lost=lost,
     )
 
 

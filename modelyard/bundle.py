@@ -245,6 +245,8 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
         raise BundleError(f"{where}: missing; {where.parent} is not a complete bundle") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{where}: unreadable or not JSON ({exc})") from None
+    except RecursionError:
+        raise BundleError(f"{where}: not JSON a manifest can be (nested too deep)") from None
     return Manifest.from_dict(data, where=str(where))
 
 

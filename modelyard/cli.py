@@ -160,10 +160,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         progress=not args.no_progress,
     )
-    print(
-        f"predicted {summary.predicted} rows, {summary.failed} bad rows -> {args.output}",
-        file=sys.stderr,
-    )
+    bad = f"{summary.failed} bad rows"
+    if summary.lines_lost > summary.failed:  # a stray quote's bad row took several lines
+        bad += f" ({summary.lines_lost} lines)"
+    print(f"predicted {summary.predicted} rows, {bad} -> {args.output}", file=sys.stderr)
     return 0 if summary.failed == 0 or args.allow_bad_rows else 1
 
 

@@ -25,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import re
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,8 @@ ALIAS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}\Z")
 VERSION_NUMBER = re.compile(r"^[0-9]{1,9}\Z")
 
 VersionRef = int | str  # a version number, or an alias
+# aliases.json is a few hundred bytes; anything past this is not a record (and not read whole)
+MAX_RECORD_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ def is_rejected(bundle_dir: str | Path) -> bool:
     """
     try:
         data = json.loads((Path(bundle_dir) / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a broken manifest: loading it says why
         return False
     variant = data.get("variant") if isinstance(data, dict) else None
     return bool(isinstance(variant, dict) and variant.get("rejected"))
@@ -83,16 +87,22 @@ def is_rejected(bundle_dir: str | Path) -> bool:
 def read_record(model_dir: str | Path) -> ModelRecord:
     """The model's record; an empty one when it has none yet.
 
+    The read is bounded: a file that is not a regular file (a FIFO, a device: a read that may
+    never return) or larger than :data:`MAX_RECORD_BYTES` is refused before it is read, and
+    JSON nested too deep to parse is an error like any other bad record.
+
     Raises:
         BundleError: ``aliases.json`` exists but is not a valid record.
     """
     path = Path(model_dir) / RECORD_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_bounded(path))
     except FileNotFoundError:
         return ModelRecord()
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: unreadable or not JSON ({exc})") from None
+    except RecursionError:
+        raise BundleError(f"{path}: not JSON a model record can be (nested too deep)") from None
     aliases = data.get("aliases") if isinstance(data, dict) else None
     last = data.get("last_version", 0) if isinstance(data, dict) else None
     if (
@@ -106,6 +116,24 @@ def read_record(model_dir: str | Path) -> ModelRecord:
             '{"aliases": {"NAME": VERSION, ...}, "last_version": N}'
         )
     return ModelRecord(aliases=dict(aliases), last_version=int(last or 0))
+
+
+def _read_bounded(path: Path) -> str:
+    # O_NONBLOCK: opening a FIFO for reading would wait for a writer; fstat then refuses it
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"{path}: not a regular file")
+        if st.st_size > MAX_RECORD_BYTES:
+            raise BundleError(
+                f"{path}: too large for a model record ({st.st_size} bytes, at most "
+                f"{MAX_RECORD_BYTES})"
+            )
+        data = fh.read(MAX_RECORD_BYTES + 1)  # it may have grown since the fstat
+    if len(data) > MAX_RECORD_BYTES:
+        raise BundleError(f"{path}: too large for a model record (at most {MAX_RECORD_BYTES})")
+    return data.decode("utf-8")
 
 
 def _is_version(value: Any) -> bool:
@@ -156,12 +184,22 @@ def default_version(model_dir: str | Path, alias: str | None = None) -> int | No
         when the model has no servable version.
     """
     root = Path(model_dir)
-    versions = list_versions(root)
-    aliases = read_record(root).aliases
+    return pick_default(
+        read_record(root).aliases, list_versions(root), lambda v: is_rejected(root / str(v)), alias
+    )
+
+
+def pick_default(
+    aliases: dict[str, int],
+    versions: list[int],
+    rejected: Callable[[int], bool],
+    alias: str | None = None,
+) -> int | None:
+    """:func:`default_version` from what the caller has read already (``versions`` ascending)."""
     for name in (alias, DEFAULT_ALIAS):
         if name is not None and aliases.get(name) in versions:
             return aliases[name]
-    return newest_servable(root, versions)
+    return next((v for v in reversed(versions) if not rejected(v)), None)
 
 
 def resolve_version(

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from modelyard.data.readers import check_text_file, detect_format, open_text, physical_lines
+from modelyard.data.lines import physical_lines
+from modelyard.data.readers import check_text_file, detect_format, open_text
 from modelyard.data.sniff import decode_error, excerpt, listing
 from modelyard.errors import DataError
 

@@ -7,6 +7,10 @@ or, with ``skip_bad_rows=True``, is returned in :attr:`TextTable.skipped` for th
 
 Blank lines are not records in any format and are passed over silently; a record whose text is
 empty or only whitespace is a bad row. No cleaning happens here: that belongs to the tokenizer.
+
+A record is at most :data:`MAX_RECORD_CHARS` characters (a longer line: a bad row, never held
+whole). A CSV record a stray quote ran over lines is a bad row naming them; past
+:data:`MAX_LOST_LINES_SHARE` of the file's lines so lost, the file is refused (skipping or not).
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelyard.data.lines import TrackedLines, bounded_lines, count_lines
 from modelyard.data.sniff import binary_error, decode_error, listing
 from modelyard.errors import DataError
 
 FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "parquet", "txt")
+MAX_RECORD_CHARS = 128 * 1024  # csv.field_size_limit()'s default: one bound for every format
+MAX_LOST_LINES_SHARE = 0.01  # lines malformed quoting may swallow before a file is refused
 EXTENSIONS: dict[str, str] = {
     ".csv": "csv",
     ".tsv": "tsv",
@@ -40,6 +47,7 @@ class BadRow:
     path: str
     line: int
     reason: str
+    lines: int = 1  # source lines the bad record took (a stray quote takes many)
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.reason}"
@@ -309,8 +317,11 @@ def _csv_rows(
     path: str | Path, delimiter: str, text: str, label: str | None, encoding: str
 ) -> Iterator[_Row | BadRow]:
     name = str(path)
+    total = count_lines(path)
+    lost = 0  # lines taken by records a stray quote ran over several lines
     with open_text(path, encoding) as f:
-        reader = csv.reader(f, delimiter=delimiter)
+        lines = TrackedLines(f)
+        reader = csv.reader(lines, delimiter=delimiter)
         header = next(reader)
         ti = header.index(text)
         li = header.index(label) if label is not None else -1
@@ -323,22 +334,31 @@ def _csv_rows(
             except StopIteration:
                 return
             except csv.Error as exc:
-                yield BadRow(name, start, f"malformed row: {exc}")
-                continue
-            if not fields:
-                continue  # blank line
-            if len(fields) != len(header):
-                reason = f"expected {len(header)} fields, found {len(fields)}"
-                if reader.line_num > start:
-                    # a quote left open swallows the lines after it into one record
-                    reason += f" (the record runs to line {reader.line_num}: an unclosed quote?)"
-                yield BadRow(name, start, reason)
-                continue
-            problem = _text_problem(fields[ti])
-            if problem:
-                yield BadRow(name, start, problem)
-                continue
-            yield _Row(start, fields[ti], fields[li] if li >= 0 else None)
+                reason = f"malformed row: {exc}"
+            else:
+                if not fields:
+                    continue  # blank line
+                reason = ""  # the shape first; the text once the shape is right
+                if len(fields) != len(header):
+                    reason = f"expected {len(header)} fields, found {len(fields)}"
+                elif reader.line_num > start and lines.unclosed_at_end():
+                    reason = "a quote opened in this record is never closed"
+            end = reader.line_num
+            if reason and end > start:  # a quote left open swallows the lines after it
+                taken = end - start + 1
+                reason += f" (lines {start}-{end} ({taken} lines) lost: an unclosed quote?)"
+                lost += taken
+                if lost > MAX_LOST_LINES_SHARE * total:
+                    raise DataError(
+                        f"{name}:{start}: {reason}; {lost} of the file's {total} lines lost to "
+                        f"malformed quoting, over {MAX_LOST_LINES_SHARE:.0%}: refusing the file "
+                        "(a field holding a quote must be quoted whole, its quotes doubled)"
+                    )
+            reason = reason or _text_problem(fields[ti]) or ""
+            if reason:
+                yield BadRow(name, start, reason, lines=end - start + 1)
+            else:
+                yield _Row(start, fields[ti], fields[li] if li >= 0 else None)
 
 
 def _jsonl_rows(
@@ -348,7 +368,10 @@ def _jsonl_rows(
     with open_text(path, encoding) as f:
         # split on "\n" only (the file is opened with newline=""): JSON strings may not hold raw
         # line breaks, and a stray "\r" must not shift the line numbers a user sees in an editor
-        for number, line in enumerate(physical_lines(f), start=1):
+        for number, line in enumerate(bounded_lines(f, MAX_RECORD_CHARS), start=1):
+            if isinstance(line, int):
+                yield BadRow(name, number, _too_long(line))
+                continue
             if not line.strip():
                 continue
             try:
@@ -376,22 +399,17 @@ def _jsonl_rows(
 
 def _txt_rows(path: str | Path, encoding: str) -> Iterator[_Row | BadRow]:
     with open_text(path, encoding) as f:
-        for number, line in enumerate(physical_lines(f), start=1):
+        for number, line in enumerate(bounded_lines(f, MAX_RECORD_CHARS), start=1):
+            if isinstance(line, int):
+                yield BadRow(str(path), number, _too_long(line))
+                continue
             body = line.rstrip("\r\n")
             if body.strip():
                 yield _Row(number, body, None)
 
 
-def physical_lines(f: Any) -> Iterator[str]:
-    """Lines ended by "\\n" only (a file opened with newline="" also splits on a lone "\\r")."""
-    pending = ""
-    for piece in f:
-        pending += piece
-        if pending.endswith("\n"):
-            yield pending
-            pending = ""
-    if pending:
-        yield pending
+def _too_long(length: int) -> str:
+    return f"record too long: {length}+ characters (at most {MAX_RECORD_CHARS}); not read"
 
 
 def _import_parquet(path: str | Path) -> Any:

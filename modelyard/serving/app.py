@@ -6,8 +6,9 @@ is a 4xx (a :class:`ProtocolError`, an unknown model or version, a request with 
 whole queue holds: 413); overload, a model that failed to
 load and a draining version are 503 and a request that waited too long is 504, with Retry-After; any
 other failure (one raised inside inference included) is a 500 with a generic message, the
-traceback going to the log only. A client that leaves mid-body gets no answer and is counted as
-status 499.
+traceback going to the log only. A client that leaves mid-body, or before its answer is written,
+gets no answer and is counted as status 499: the metrics count what was sent. A path with a
+trailing slash is answered as the path without it (never a redirect built from ``Host``).
 
 A handler reads the whole body before it looks the model up, so a slow upload that spans a
 version swap is answered by the version served when it has arrived. Wherever a URL takes a
@@ -33,6 +34,7 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelyard import __version__
 from modelyard.config import ServeConfig
@@ -126,44 +128,78 @@ async def read_body(request: Request, limit: int) -> bytes:
 Handler = Callable[[Request, _Served], Awaitable[Response]]
 
 
-def _route(state: ServerState, endpoint: str, handler: Handler) -> Callable[..., Any]:
-    """Wrap a handler: map every failure to a JSON error and record the request's metrics."""
+class _Endpoint:
+    """A route's ASGI app: run the handler, map every failure to a JSON error, send the answer,
+    and count what was sent (a client gone before its answer is a 499, not the status it missed).
+    """
 
-    in_flight = state.metrics.in_flight.labels(endpoint)
+    def __init__(self, state: ServerState, endpoint: str, handler: Handler) -> None:
+        self.state = state
+        self.endpoint = endpoint
+        self.handler = handler
+        self.in_flight = state.metrics.in_flight.labels(endpoint)
 
-    async def run(request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
+        request = Request(scope, receive, send)
         served = _Served()
-        in_flight.inc()
+        self.in_flight.inc()
         try:
-            response = await handler(request, served)
+            response = await self.answer(request, served)
+        finally:
+            self.in_flight.dec()
+        status = response.status_code
+        try:
+            await response(scope, receive, send)
+        except (ClientDisconnect, OSError):  # ASGI 2.4: the client closed before the answer
+            status = CLIENT_CLOSED
+        self.state.metrics.observe_request(
+            self.endpoint, served.model, served.version, status, time.perf_counter() - t0
+        )
+
+    async def answer(self, request: Request, served: _Served) -> Response:
+        try:
+            return await self.handler(request, served)
         except ProtocolError as exc:
-            response = _error(exc.status, exc.message)
+            return _error(exc.status, exc.message)
         except ModelNotFoundError as exc:
-            response = _error(404, str(exc))
+            return _error(404, str(exc))
         except ModelUnavailableError as exc:
             retry = str(math.ceil(exc.retry_after_s))
-            response = _error(503, str(exc), {"Retry-After": retry})
+            return _error(503, str(exc), {"Retry-After": retry})
         except RequestTooLargeError as exc:  # no Retry-After: the same request never fits
-            response = _error(413, str(exc))
+            return _error(413, str(exc))
         except (QueueFullError, BatcherClosedError) as exc:
-            response = _error(503, str(exc), {"Retry-After": RETRY_AFTER_S})
+            return _error(503, str(exc), {"Retry-After": RETRY_AFTER_S})
         except RequestTimeoutError as exc:  # waited out its time in a busy queue: back off too
-            response = _error(504, f"request timed out: {exc}", {"Retry-After": RETRY_AFTER_S})
+            return _error(504, f"request timed out: {exc}", {"Retry-After": RETRY_AFTER_S})
         except ClientDisconnect:  # nobody to answer; not a server error
-            response = _error(CLIENT_CLOSED, "client disconnected")
+            return _error(CLIENT_CLOSED, "client disconnected")
         except Exception:  # a bug or an inference failure: the log has the traceback
             where = f" in model {served.model} version {served.version}" if served.model else ""
             log.exception("%s %s failed%s", request.method, request.url.path, where)
-            response = _error(500, f"internal server error{where}; see the server log")
-        finally:
-            in_flight.dec()
-        state.metrics.observe_request(
-            endpoint, served.model, served.version, response.status_code, time.perf_counter() - t0
-        )
-        return response
+            return _error(500, f"internal server error{where}; see the server log")
 
-    return run
+
+class CanonicalPath:
+    """Answer ``/v1/models/`` as ``/v1/models``: trailing slashes dropped before routing.
+
+    Starlette would instead redirect to an absolute URL built from the client's ``Host`` header
+    (``Location: http://evil.example/v1/models``), a redirect any client can aim anywhere.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+            canonical = path.rstrip("/") or "/"
+            raw = scope.get("raw_path")
+            scope = {**scope, "path": canonical}
+            if raw is not None:
+                scope["raw_path"] = raw.rstrip(b"/") or b"/"
+        await self.app(scope, receive, send)
 
 
 def url_version(raw: str | None) -> VersionRef | None:
@@ -357,7 +393,7 @@ def create_app(
 
     def route(path: str, endpoint: str, handler: Any, method: str) -> Route:
         bound: Handler = functools.partial(handler, state)  # no extra coroutine per request
-        return Route(path, _route(state, endpoint, bound), methods=[method])
+        return Route(path, _Endpoint(state, endpoint, bound), methods=[method])
 
     model = "/v2/models/{name}"
     version = "/v2/models/{name}/versions/{version}"
@@ -390,7 +426,7 @@ def create_app(
                 refresh.cancel()
             await repository.stop()
 
-    middleware = []
+    middleware = [Middleware(CanonicalPath)]
     if settings.api_key_file:
         middleware.append(Middleware(APIKeyMiddleware, keys=read_api_keys(settings.api_key_file)))
 
@@ -404,5 +440,6 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error},
     )
+    app.router.redirect_slashes = False  # CanonicalPath answers them; never redirect to Host
     app.state.server = state
     return app

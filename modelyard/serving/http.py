@@ -13,7 +13,15 @@ handling and adds, per connection:
 - a head that is not complete ``header_timeout_s`` after the connection (or, on a kept-alive one,
   its first byte) is a 408, and so is a body not complete ``body_timeout_s`` after its head; a
   connection that sends nothing at all is closed without an answer, like an idle kept-alive one;
-- a connection beyond ``max_connections`` open ones is answered 503 with ``Retry-After`` at once.
+- a connection beyond ``max_connections`` open ones is answered 503 with ``Retry-After`` at once;
+- a transfer coding other than ``chunked`` is a 501 and a content coding other than ``identity``
+  a 415: the server implements neither, and reading such a body as plain would let a proxy that
+  reads these headers differently smuggle a request past it.
+
+A client that half-closes (``shutdown(SHUT_WR)`` after its requests, which HTTP allows) gets its
+answers, then the connection closes. A client gone before its answer is written is not an
+application error: ``send`` raises :class:`ClientGone` (an ``OSError``, as ASGI 2.4 asks), the
+route counts the request as 499, and nothing is logged as "Exception in ASGI application".
 
 Each of these answers closes the connection, and closes it gently: the answer is sent, the write
 side shut, and whatever the client still sends is read and dropped for at most ``LINGER_S``, so
@@ -25,6 +33,7 @@ connection closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -32,6 +41,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httptools
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -47,6 +58,18 @@ RETRY_AFTER_S = 1
 _WARN_EVERY_S = 10.0  # at most one "connection limit reached" warning per process this often
 _last_cap_warning = -_WARN_EVERY_S
 _METHOD = re.compile(rb"(\r\n)*[!#$%&'*+.^_`|~0-9A-Za-z-]+ ")  # RFC 9110 token, then a space
+
+
+class ClientGone(ConnectionError):
+    """The client closed the connection before its answer was written (ASGI 2.4's OSError)."""
+
+
+class _Refusal(Exception):
+    """Raised in a parser callback to stop parsing; :meth:`BoundedHttpProtocol._refuse` answers."""
+
+    def __init__(self, status: int, message: str, extra_headers: bytes = b"") -> None:
+        super().__init__(message)
+        self.status, self.message, self.extra_headers = status, message, extra_headers
 
 
 @dataclass(frozen=True)
@@ -74,6 +97,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes received while waiting for this head
         self._head_started = False  # a byte of this head has been parsed
         self._refused = False  # answered at the protocol level: drop whatever else arrives
+        self.app = _QuietWhenGone(self.app)
 
     # ------------------------------------------------------------------ connection events
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -91,6 +115,16 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        """The client half-closed: answer the requests it sent, then close; else close now."""
+        cycle = self.cycle
+        between = self._in_head and not self._head_started and not self._refused
+        if between and cycle is not None and not cycle.response_complete:
+            last = self.pipeline[0][0] if self.pipeline else cycle  # the newest request
+            last.keep_alive = False  # the connection ends with its answer
+            return True  # keep the write side open (asyncio closes it when this is falsy)
+        return None
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -112,7 +146,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         except httptools.HttpParserCallbackError as exc:
             # a callback refused the request; the cause (a request target that is not a URL,
             # say) is its context
-            if _bad_url(exc):
+            if isinstance(exc.__context__, _Refusal):
+                r = exc.__context__
+                self._refuse(r.status, r.message, r.extra_headers)
+            elif _bad_url(exc):
                 self._refuse(400, "invalid request target")
             else:  # not the client's doing as far as we know: keep the cause for the log
                 log.warning("HTTP parser callback failed", exc_info=exc.__context__ or exc)
@@ -141,8 +178,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._head_started = True
         if self._deadline is None:  # a fresh connection's deadline already runs
             self._arm(self.limits.header_timeout_s)
+        # ASGI 2.4: send() to a closed connection raises an OSError (ClientGone), so the app
+        # knows its answer was not delivered
+        self.scope["asgi"] = {"version": self.asgi_version, "spec_version": "2.4"}
 
     def on_headers_complete(self) -> None:
+        _check_codings(self.headers)  # raises _Refusal: the body is not read
         self._in_head = self._head_started = False
         self._disarm()
         super().on_headers_complete()
@@ -163,6 +204,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        if type(cycle) is RequestResponseCycle:  # uvicorn builds its own: extend it
+            cycle.__class__ = _Cycle
+        super()._start_asgi_task(cycle, app)
 
     def _on_deadline(self) -> None:
         self._deadline = None
@@ -214,6 +260,69 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self.loop.call_later(LINGER_S, self.transport.close)
         else:
             self.transport.close()
+
+
+class _Cycle(RequestResponseCycle):
+    """uvicorn's request/response cycle; a write to a closed connection raises ClientGone.
+
+    uvicorn drops a write once it has seen the connection lost, but between the transport
+    closing (a reset found by a write, with reads paused under pipelining) and that callback a
+    write raises RuntimeError ("the handler is closed"), logged as an application error.
+    """
+
+    async def run_asgi(self, app: Any) -> None:
+        # uvicorn's own 500 after an application error may find the client gone too
+        with contextlib.suppress(ClientGone):
+            await super().run_asgi(app)
+
+    async def send(self, message: Any) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if not (self.disconnected or self.response_complete) and self.transport.is_closing():
+            self.disconnected = True  # closed under us: nothing more reaches the client
+        if self.disconnected:
+            raise ClientGone("the client closed the connection before the answer was sent")
+        await super().send(message)
+
+
+class _QuietWhenGone:
+    """The app, with a client gone before its answer not reported as an application error."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # nobody to answer; the route counted it (499) where it could
+        with contextlib.suppress(ClientGone, ClientDisconnect):
+            await self.app(scope, receive, send)
+
+
+_TRANSFER_CODINGS = {b"chunked"}  # what llhttp decodes; anything else would be read as plain
+_CONTENT_CODINGS = {b"identity"}  # the routes decode no compressed body
+
+
+def _check_codings(headers: list[tuple[bytes, bytes]]) -> None:
+    """Refuse (raise _Refusal) a transfer or content coding this server does not implement."""
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            codings = [c.strip().lower() for c in value.split(b",") if c.strip()]
+            unknown = [c for c in codings if c not in _TRANSFER_CODINGS]
+            if unknown:
+                raise _Refusal(
+                    501,
+                    f"transfer coding {unknown[0][:40].decode('latin-1')!r} not implemented "
+                    "(only chunked)",
+                )
+        elif name == b"content-encoding":
+            codings = [c.strip().lower() for c in value.split(b",") if c.strip()]
+            unknown = [c for c in codings if c not in _CONTENT_CODINGS]
+            if unknown:
+                raise _Refusal(
+                    415,
+                    f"content coding {unknown[0][:40].decode('latin-1')!r} not supported; send the "
+                    "body uncompressed",
+                    b"accept-encoding: identity\r\n",
+                )
 
 
 def _bad_url(exc: BaseException) -> bool:

@@ -21,6 +21,12 @@ startup (or when nothing serves) it falls back, in the same pass, to the next ca
 ``default`` alias's version, then the newest versions. A model none of whose versions loads
 answers 503 with the reason and does not hold the others back.
 
+Each model's files are read alone, bounded in time (:mod:`modelyard.serving.reading`).
+
+A loaded version whose files change in place (same manifest) is verified again (size, sha256)
+on the next poll; if they no longer match it is listed as failed and logged (a restart would
+not load it) while the copy in memory keeps answering, until the files verify again.
+
 Requests are resolved against the in-memory table only: a model name from a URL never touches
 the filesystem, so it cannot escape the repository directory.
 """
@@ -35,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelyard.bundle import remove_stale_staging
+from modelyard.bundle import remove_stale_staging, verify_bundle
 from modelyard.serving.batcher import BatchInfo, DynamicBatcher
 from modelyard.serving.discovery import (
     MODEL_NAME,
@@ -53,6 +59,7 @@ from modelyard.serving.inference import (
     load_and_warm,
     make_batch_fn,
 )
+from modelyard.serving.reading import RepositoryReader, in_daemon_thread
 from modelyard.tasks import get_task
 from modelyard.versions import DEFAULT_ALIAS, VersionRef
 
@@ -84,6 +91,7 @@ class ModelVersion:
     num_scores: int
     has_labels: bool
     identity: str = ""  # the bundle it was loaded from (sha256 of its manifest)
+    fingerprint: Fingerprint = ()  # its files when last verified (loaded or checked)
 
 
 @dataclass
@@ -139,6 +147,7 @@ class ModelRepository:
         max_loaded_versions: versions loaded per model (the served one, then aliased ones).
         on_batch: metrics hook ``(model, version, info)``.
         on_load_failure: metrics hook ``(model, version)``.
+        read_timeout_s: how long one pass waits for a model's files to be read.
     """
 
     def __init__(
@@ -155,11 +164,12 @@ class ModelRepository:
         max_loaded_versions: int = 4,
         on_batch: Callable[[str, int, BatchInfo], None] | None = None,
         on_load_failure: Callable[[str, int], None] | None = None,
+        read_timeout_s: float = 10.0,
     ) -> None:
         self.root = Path(root)
         self.alias = alias
         self._loader = loader or default_loader
-        self._scanner = DiskScanner(self.root, alias)
+        self._reader = RepositoryReader(DiskScanner(self.root, alias), read_timeout_s)
         self._batch_settings = dict(
             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue=max_queue
         )
@@ -252,8 +262,9 @@ class ModelRepository:
             Whether the served or loaded versions changed.
         """
         async with self._refresh_lock:
-            loop = asyncio.get_running_loop()
-            on_disk = await loop.run_in_executor(None, self._scanner.scan)
+            on_disk = await self._reader.read()
+            if on_disk is None:
+                return False  # the repository itself cannot be listed: change nothing
             changed = False
             for name, model in on_disk.items():
                 entry = self.models.setdefault(name, ModelEntry(name))
@@ -319,6 +330,8 @@ class ModelRepository:
         """Whether ``found`` is loaded as it is on disk now, loading it when due."""
         loaded = entry.versions.get(found.version)
         if loaded is not None and loaded.identity == found.identity:
+            if loaded.fingerprint != found.fingerprint:  # a file changed in place
+                await self._recheck(entry, loaded, found)
             return True
         failure = entry.failed.get(found.version)
         if (
@@ -335,6 +348,26 @@ class ModelRepository:
             log.info("%s version %d changed on disk: reloaded", entry.name, found.version)
             self._drain(loaded)
         return True
+
+    async def _recheck(self, entry: ModelEntry, loaded: ModelVersion, found: VersionOnDisk) -> None:
+        """Verify a loaded version's files again after they changed in place (same manifest)."""
+        failure = entry.failed.get(found.version)
+        if failure is not None and failure.fingerprint == found.fingerprint:
+            return  # reported already; nothing changed since
+        try:  # (a daemon thread: a hung read must not hold up shutdown)
+            await in_daemon_thread(verify_bundle, found.path)
+        except Exception as exc:
+            error = f"its files changed on disk after it was loaded: {exc}"
+            retry_at = time.monotonic() + self.poll_s  # (only if it is unloaded and wanted again)
+            entry.failed[found.version] = LoadFailure(error, found.fingerprint, 1, retry_at)
+            what = "still serving the copy in memory, which a restart would not load"
+            log.error("%s version %d: %s; %s", entry.name, found.version, exc, what)
+            if self._on_load_failure is not None:
+                self._on_load_failure(entry.name, found.version)
+            return
+        loaded.fingerprint = found.fingerprint
+        if entry.failed.pop(found.version, None) is not None:
+            log.info("%s version %d: its files verify again", entry.name, found.version)
 
     async def _load(
         self, entry: ModelEntry, found: VersionOnDisk, *, quiet: bool
@@ -363,9 +396,8 @@ class ModelRepository:
         has_labels = get_task(predictor.task).has_classes
         num_scores = len(predictor.labels) if has_labels else 1
         log.info("loaded %s version %d in %.2f s", name, version, time.perf_counter() - t0)
-        return ModelVersion(
-            name, version, predictor, batcher, num_scores, has_labels, found.identity
-        )
+        meta = (num_scores, has_labels, found.identity, found.fingerprint)
+        return ModelVersion(name, version, predictor, batcher, *meta)
 
     def _record_failure(
         self, entry: ModelEntry, found: VersionOnDisk, exc: Exception, *, quiet: bool
