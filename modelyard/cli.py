@@ -168,6 +168,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.merged:  # a generative run: the merged Hugging Face directory
+        from modelyard.exporters import export_merged
+
+        print(f"merged model: {export_merged(args.run, args.merged, which=args.which)}")
+        return 0
     options: dict[str, Any] = {}
     if args.quantize:
         if args.quantize not in EXPORT_QUANTIZE_MODES[args.format]:
@@ -358,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", help="model repository (default: the run config's export.repo)")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint")
     p.add_argument("--name", help="bundle name (default: the run's name)")
+    p.add_argument("--merged", metavar="DIR", help="generation runs: the merged model, HF dir")
     p.add_argument(
         "--quantize",
         choices=sorted({m for modes in EXPORT_QUANTIZE_MODES.values() for m in modes}),
@@ -395,13 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-accuracy-drop", type=float, default=1.0, help="points; else rejected")
     p.set_defaults(func=cmd_compress)
 
-    p = sub.add_parser(
-        "run", help="the whole road: train, compress, export, measure, choose -> report.html"
-    )
+    p = sub.add_parser("run", help="the whole road: train ... choose -> report.html")
     p.add_argument("config", help="YAML config file")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
-    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--strict", action="store_true", help="exit 3 when a target has no fit")
     p.set_defaults(func=cmd_run)
@@ -421,9 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("repo", help="model repository, e.g. models/")
     p.add_argument("--config", help="read settings from this config's serve: section")
     add_serve_flags(p)  # every serve: setting, --max-queue, --timeout-s, --providers, ...
-    p.add_argument(
-        "--ray", action="store_true", help="serve as Ray Serve replicas (modelyard[ray])"
-    )
+    p.add_argument("--ray", action="store_true", help="as Ray Serve replicas (modelyard[ray])")
     p.set_defaults(func=cmd_serve)
     return parser
 

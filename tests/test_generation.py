@@ -328,5 +328,24 @@ def test_cli_trains_generates_and_evaluates_a_generative_run(
     assert set(scores) == {"fine-tuned", "base"}
     assert main(["generate", str(run_dir)]) == 2
     assert "one of the two" in capsys.readouterr().err
+
+    # export: the merged model as a Hugging Face directory, answering as the run does
+    assert main(["export", str(run_dir)]) == 2
+    assert "--merged DIR" in capsys.readouterr().err
+    merged = tmp_path / "merged"
+    assert main(["export", str(run_dir), "--merged", str(merged)]) == 0
+    capsys.readouterr()
+    import transformers
+
+    lm = transformers.AutoModelForCausalLM.from_pretrained(str(merged))
+    tok = transformers.AutoTokenizer.from_pretrained(str(merged))
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is a cat?"}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    budget = json.loads((run_dir / "run.json").read_text())["max_new_tokens"]
+    out = lm.generate(ids, max_new_tokens=budget, do_sample=False, eos_token_id=tok.eos_token_id)
+    text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    assert text == records[0]["generated"]
     assert main(["generate", str(tmp_path), "--prompt", "hi"]) == 2
     assert "not a generative run" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from modelyard.errors import BundleError
 from modelyard.exporters.onnx import export_onnx
 from modelyard.exporters.tflite import export_tflite
 from modelyard.runs import Run
+from modelyard.tasks import get_task
 
 # bundle format (config.EXPORT_FORMATS: tests/test_registries.py) -> exporter(run, *, repo, which,
 # name, ...)
@@ -49,4 +50,28 @@ def export(
     if exporter is None:
         raise BundleError(f"unknown export format {format!r}; known: {', '.join(EXPORTERS)}")
     run = run if isinstance(run, Run) else Run.load(run)
+    if get_task(run.task).generative:
+        raise BundleError(
+            f"{run.dir} is a {run.task} run: export its merged model with `modelyard export "
+            "RUN --merged DIR` (a Hugging Face directory that transformers, vLLM and "
+            "llama.cpp's converter read); it answers with `modelyard generate RUN`"
+        )
     return exporter(run, repo=repo, which=which, name=name, **options)
+
+
+def export_merged(run: Run | str | Path, directory: str | Path, *, which: str = "best") -> Path:
+    """Write a generative run's model, its trained weights merged into the base (LoRA adapters
+    folded in), as a Hugging Face directory: safetensors, config.json, the tokenizer and its chat
+    template. Written in a staging directory and renamed into place.
+
+    Raises:
+        BundleError: the run's task does not generate text.
+        RunError: the run or its checkpoint is missing.
+    """
+    run = run if isinstance(run, Run) else Run.load(run)
+    if not get_task(run.task).generative:
+        raise BundleError(f"{run.dir} is a {run.task} run; --merged is for generation runs")
+    from modelyard.training.generative import load_generative_run
+
+    _, loaded = load_generative_run(run.dir, which)
+    return loaded.model.merge_and_save(directory)
