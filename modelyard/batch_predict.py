@@ -22,7 +22,7 @@ import orjson
 from tqdm import tqdm
 
 from modelyard.data import BadRow, Record, iter_records
-from modelyard.errors import ModelyardError
+from modelyard.errors import ModelyardError, RunError
 from modelyard.runs import is_run_dir
 from modelyard.runtime.predictor import Prediction, to_predictions
 
@@ -148,6 +148,8 @@ def _run_scorer(path: Path) -> Scorer:
     from modelyard.training import Run, load_model, predict_texts
 
     run = Run.load(path)
+    if run.labels.kind.generative:
+        raise RunError(f"{path} is a {run.task} run: it writes text; use `modelyard generate`")
     model = load_model(run)
 
     def score(texts: Sequence[str]) -> list[Prediction]:

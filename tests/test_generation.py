@@ -329,6 +329,12 @@ def test_cli_trains_generates_and_evaluates_a_generative_run(
     assert main(["generate", str(run_dir)]) == 2
     assert "one of the two" in capsys.readouterr().err
 
+    # predict is for runs that score texts
+    (tmp_path / "texts.txt").write_text("What is a cat?\n")
+    predict = ["predict", str(run_dir), "--input", str(tmp_path / "texts.txt"), "--output", "-"]
+    assert main(predict) == 2
+    assert "modelyard generate" in capsys.readouterr().err
+
     # export: the merged model as a Hugging Face directory, answering as the run does
     assert main(["export", str(run_dir)]) == 2
     assert "--merged DIR" in capsys.readouterr().err

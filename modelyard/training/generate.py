@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -216,7 +217,7 @@ def evaluate_generation(
             desc=f"generating ({who})",
             unit="answer",
             leave=False,
-            disable=not progress,
+            disable=not (progress and sys.stderr.isatty()),
         ) as bar:
             return generate_answers(
                 model,

@@ -278,6 +278,7 @@ def finish_generative(session: Session) -> Run:
         causal_config(config),
         max_new_tokens=int(session.model_info["max_new_tokens"]),
         out_dir=paths.eval_dir,
+        progress=config.train.progress,
     )
     _log_result(result)
     run.test_metrics = dict(result.metrics)
