@@ -109,7 +109,8 @@ def test_export_passes_quantize_to_the_formats_exporter(
         calls.append(kwargs)
         return types.SimpleNamespace(path=tmp_path / "m" / "1", version=1)
 
-    monkeypatch.setattr(Run, "load", classmethod(lambda cls, path: path))
+    run = types.SimpleNamespace(task="binary", dir=Path("runs/r"))
+    monkeypatch.setattr(Run, "load", classmethod(lambda cls, path: run))
     monkeypatch.setitem(EXPORTERS, "tflite", fake_exporter)
     args = ["export", "runs/r", "--format", "tflite", "--repo", str(tmp_path)]
     assert main([*args, "--quantize", "int8-dynamic"]) == 0
