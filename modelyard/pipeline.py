@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from modelyard.choice import Choice, choose
 from modelyard.compress.formats import FORMAT_VARIANTS, FormatRequest, wanted_formats
 from modelyard.compress.sources import EvalData
-from modelyard.errors import ModelyardError
+from modelyard.errors import ConfigError, ModelyardError
 from modelyard.measure import LabelledTexts, Measurement, format_test_score
 from modelyard.metrics import finite_or_none, higher_is_better
 from modelyard.tasks import get_task
@@ -86,6 +86,12 @@ def run_pipeline(config: Config, *, overwrite: bool = False, echo: bool = True) 
     """
     from modelyard.training import train
 
+    if get_task(config.task).generative:
+        raise ConfigError(
+            f"`modelyard run` is the road of models that score texts (compress, export, "
+            f"measure, choose); a {config.task} config trains with `modelyard train` and "
+            "answers with `modelyard generate`"
+        )
     metric = get_task(config.task).primary_metric
     higher = higher_is_better(metric)
     notes: list[str] = []

@@ -335,6 +335,12 @@ def test_cli_trains_generates_and_evaluates_a_generative_run(
     assert main(predict) == 2
     assert "modelyard generate" in capsys.readouterr().err
 
+    # the classifiers' road says where a generation run goes instead of failing on the way
+    assert main(["compress", str(run_dir), "--quantize", "int8-dynamic"]) == 2
+    assert "--merged DIR" in capsys.readouterr().err
+    assert main(["run", str(config_file)]) == 2
+    assert "modelyard generate" in capsys.readouterr().err
+
     # export: the merged model as a Hugging Face directory, answering as the run does
     assert main(["export", str(run_dir)]) == 2
     assert "--merged DIR" in capsys.readouterr().err

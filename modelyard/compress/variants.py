@@ -37,8 +37,10 @@ from modelyard.compress.write import (
 )
 from modelyard.errors import BundleError, ConfigError
 from modelyard.measure import Measurement
+from modelyard.runs import Run, is_run_dir
 from modelyard.runtime.backends import ONNXBackend
 from modelyard.staging import staging_dir
+from modelyard.tasks import get_task
 from modelyard.tokenize import encode, pad_batch
 
 log = logging.getLogger("modelyard.compress")
@@ -112,6 +114,11 @@ def compress(
         raise ConfigError(f"compress.prune: must be in [0, 1), got {prune}")
     if finetune_epochs and prune is None:
         raise ConfigError("compress.finetune_epochs needs compress.prune (it recovers pruning)")
+    if is_run_dir(source) and get_task(Run.load(source).task).generative:
+        raise BundleError(
+            f"{source} is a generation run: its compressed variants (GGUF/ONNX quantization) "
+            "are not built yet; `modelyard export RUN --merged DIR` writes the merged model"
+        )
     src = open_source(Path(source), repo)
     if prune is not None and src.run is None:
         raise ConfigError(
