@@ -189,7 +189,7 @@ def evaluate_generation(
     max_new_tokens: int,
     out_dir: Path | None = None,
     base: bool = True,
-    batch_size: int = 32,
+    batch_size: int = 64,
     progress: bool = True,
 ) -> GenerationResult:
     """Greedy answers to ``inputs`` from the fine-tuned model (and the base), scored against
