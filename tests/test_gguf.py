@@ -404,6 +404,6 @@ def test_smollm2_as_gguf_tokenizes_and_answers_as_transformers(
     model = transformers.AutoModelForCausalLM.from_pretrained(str(directory)).eval()
     chat = [{"role": "user", "content": "What is a lighthouse?"}]
     answer, _ = _torch_greedy(model, _prompt_ids(tokenizer, chat), [tokenizer.eos_token_id])
-    with LlamaCppGenerator(written.path, threads=2) as generator:
+    with LlamaCppGenerator(written.path, threads=1) as generator:
         got = generator.generate(chat, max_tokens=MAX_TOKENS)
     assert got.token_ids == answer, (got.text, tokenizer.decode(answer))
