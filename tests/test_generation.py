@@ -9,10 +9,6 @@ trained, scored beside its base model and resumed after kill -9. CLI: ``train``,
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +20,9 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("rouge_score")
 
+from helpers.processes import train_until_killed  # noqa: E402
 from helpers.tiny_llm import tiny_llama_dir, tiny_tokenizer  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from test_train_loop import CHILD  # noqa: E402
 
 from modelyard.cli import main  # noqa: E402
 from modelyard.config import CausalLMConfig, dump_config, load_config  # noqa: E402
@@ -263,23 +259,7 @@ def test_killed_generative_run_resumes_to_identical_adapters(
     reference = crashed.model_copy(update={"name": "reference"})
     config_file = tmp_path / "crashed.yaml"
     config_file.write_text(dump_config(crashed))
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(config_file)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-    )
-    try:
-        assert child.stdout is not None
-        line = child.stdout.readline()
-        assert line.strip() == "READY", child.stderr.read() if child.stderr else ""
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        if child.poll() is None:
-            os.kill(child.pid, signal.SIGKILL)
-        child.communicate(timeout=60)
+    train_until_killed(config_file, tmp_path)
     state = load_state(crashed.run_dir / "checkpoints" / "last.state.pt")
     assert state["progress"]["epoch"] == 1 and state["progress"]["step_in_epoch"] > 0
     resumed = train(load_config(crashed.run_dir / "config.yaml"), resume=True)

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers.processes import train_until_killed
 from helpers.synthetic import write_synthetic
 from helpers.weights import assert_same_weights, weights, without_timing
 
@@ -151,36 +147,6 @@ def test_bad_monitor_and_missing_tensorboard_are_config_errors(tmp_path: Path) -
 
 
 # ------------------------------------------------------------------------------ crash + resume
-CHILD = textwrap.dedent(
-    """
-    import sys
-    from modelyard.config import load_config
-    from modelyard.training import epochs, recipe
-
-    real_save, real_step = epochs.save_checkpoint, epochs.train_step
-    after = []
-
-    def save_checkpoint(session):
-        real_save(session)
-        p = session.progress
-        if p.epoch >= 1 and p.step_in_epoch > 0 and not after:
-            after.append(p.global_step)  # a mid-epoch checkpoint of the second epoch is on disk
-
-    def train_step(session, group):
-        out = real_step(session, group)
-        if after and session.progress.global_step >= after[0] + 1:
-            # in memory the run is a step past its checkpoint; wait here to be killed
-            print("READY", flush=True)
-            sys.stdin.read()
-        return out
-
-    epochs.save_checkpoint, epochs.train_step = save_checkpoint, train_step
-    recipe.train(load_config(sys.argv[1]))
-    print("FINISHED", flush=True)
-    """
-)
-
-
 @pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(tmp_path: Path) -> None:
     # dropout makes the torch RNG state matter; checkpoints every 2 optimizer steps
@@ -194,26 +160,8 @@ def test_killed_run_resumes_to_identical_weights(tmp_path: Path) -> None:
     config_file = tmp_path / "crashed.yaml"
     config_file.write_text(dump_config(crashed))
 
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(config_file)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-    )
-    try:
-        assert child.stdout is not None
-        line = child.stdout.readline()  # blocks until the child reports, no sleeping
-        assert line.strip() == "READY", child.stderr.read() if child.stderr else ""
-        state_file = crashed.run_dir / "checkpoints" / "last.state.pt"
-        assert state_file.is_file()
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        if child.poll() is None:
-            os.kill(child.pid, signal.SIGKILL)
-        child.communicate()
-    assert child.returncode == -signal.SIGKILL
+    train_until_killed(config_file, tmp_path)
+    state_file = crashed.run_dir / "checkpoints" / "last.state.pt"
     progress = load_state(state_file)["progress"]
     assert progress["epoch"] == 1 and progress["step_in_epoch"] > 0
     assert json.loads((crashed.run_dir / "run.json").read_text())["status"] == "running"

@@ -93,9 +93,9 @@ class PretrainedModelConfig(StrictModel):
 
 class CausalLMLoRAConfig(LoRAConfig):
     """LoRA on a causal LM: r 16, alpha 32 on every linear layer but the output head (peft's
-    ``all-linear``), QLoRA's recipe, without dropout (peft's default): on a CPU, drawing the
-    dropout masks of 210 adapted layers took 27% of a SmolLM2 step (torch.profiler), and a run
-    of one to three epochs does not overfit enough to need it."""
+    ``all-linear``), QLoRA's recipe, without dropout (peft's default): on a CPU, dropout 0.05
+    made a SmolLM2 step 1.33-1.53x slower (``bench/generation_step.py``: a mask per adapted
+    layer, 210 of them), and a run of one to three epochs does not overfit enough to need it."""
 
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
@@ -118,8 +118,8 @@ class CausalLMConfig(StrictModel):
     lora: LoRAConfig | None = Field(default_factory=CausalLMLoRAConfig)
     gradient_checkpointing: bool = False
     # how attention is computed: ``auto`` is ``eager`` on a CPU (its plain matmuls made a
-    # SmolLM2 LoRA step of ~860 tokens 1.2x faster than torch's SDPA kernel, whose CPU backward
-    # is slow at these lengths) and ``sdpa`` on a GPU
+    # SmolLM2 LoRA step of ~840 tokens 1.05-1.29x faster than torch's SDPA kernel, whose CPU
+    # backward is slow at these lengths; bench/generation_step.py) and ``sdpa`` on a GPU
     attention: Literal["auto", "eager", "sdpa"] = "auto"
 
     @field_validator("lora", mode="before")

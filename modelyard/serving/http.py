@@ -297,32 +297,36 @@ class _QuietWhenGone:
             await self.app(scope, receive, send)
 
 
-_TRANSFER_CODINGS = {b"chunked"}  # what llhttp decodes; anything else would be read as plain
-_CONTENT_CODINGS = {b"identity"}  # the routes decode no compressed body
+# header -> (the codings this server implements, status, what the refusal says, extra header)
+_CODINGS: dict[bytes, tuple[set[bytes], int, str, bytes]] = {
+    # what llhttp decodes; anything else would be read as plain
+    b"transfer-encoding": (
+        {b"chunked"},
+        501,
+        "transfer coding {} not implemented (only chunked)",
+        b"",
+    ),
+    # the routes decode no compressed body
+    b"content-encoding": (
+        {b"identity"},
+        415,
+        "content coding {} not supported; send the body uncompressed",
+        b"accept-encoding: identity\r\n",
+    ),
+}
 
 
 def _check_codings(headers: list[tuple[bytes, bytes]]) -> None:
     """Refuse (raise _Refusal) a transfer or content coding this server does not implement."""
     for name, value in headers:
-        if name == b"transfer-encoding":
-            codings = [c.strip().lower() for c in value.split(b",") if c.strip()]
-            unknown = [c for c in codings if c not in _TRANSFER_CODINGS]
-            if unknown:
-                raise _Refusal(
-                    501,
-                    f"transfer coding {unknown[0][:40].decode('latin-1')!r} not implemented "
-                    "(only chunked)",
-                )
-        elif name == b"content-encoding":
-            codings = [c.strip().lower() for c in value.split(b",") if c.strip()]
-            unknown = [c for c in codings if c not in _CONTENT_CODINGS]
-            if unknown:
-                raise _Refusal(
-                    415,
-                    f"content coding {unknown[0][:40].decode('latin-1')!r} not supported; send the "
-                    "body uncompressed",
-                    b"accept-encoding: identity\r\n",
-                )
+        known = _CODINGS.get(name)
+        if known is None:
+            continue
+        implemented, status, message, extra = known
+        codings = [c.strip().lower() for c in value.split(b",") if c.strip()]
+        unknown = [c for c in codings if c not in implemented]
+        if unknown:
+            raise _Refusal(status, message.format(repr(unknown[0][:40].decode("latin-1"))), extra)
 
 
 def _bad_url(exc: BaseException) -> bool:

@@ -2,17 +2,13 @@
 
 No labels and no classes: the data are conversations (chat, prompt / completion or plain text),
 the loss is the cross-entropy of the answer tokens, and a prediction is generated text. The
-label and score methods of :class:`Task` do not apply and say so.
+label and score methods of :class:`Task` do not apply (the base class's raise
+``NotImplementedError``; the config pairs this task with ``causal_lm`` only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, NoReturn
-
-import numpy as np
-
-from modelyard.tasks.base import Lookup, Prediction, Starter, Task
+from modelyard.tasks.base import Starter, Task
 
 STARTER = """# modelyard config for a generation model: a pretrained causal LM fine-tuned on your
 # conversations. Train it with:
@@ -63,31 +59,3 @@ class Generation(Task):
     @property
     def monitor(self) -> str:
         return "val_loss"
-
-    def _no_labels(self) -> NoReturn:
-        raise TypeError(f"a {self.name} task has conversations, not labels")
-
-    def parse_label(self, value: Any, delimiter: str | None) -> Any:
-        self._no_labels()
-
-    def encode(self, parsed: Sequence[Any], lookup: Lookup, num_classes: int) -> np.ndarray:
-        self._no_labels()
-
-    def metrics(
-        self,
-        targets: np.ndarray,
-        scores: np.ndarray,
-        labels: Sequence[str],
-        threshold: float = 0.5,
-    ) -> dict[str, float]:
-        self._no_labels()
-
-    def predictions(
-        self,
-        labels: Sequence[str],
-        scores: np.ndarray,
-        *,
-        threshold: float = 0.5,
-        top_k: int | None = None,
-    ) -> list[Prediction]:
-        self._no_labels()

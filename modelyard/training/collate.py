@@ -20,6 +20,7 @@ from modelyard.tokenize.chat import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from modelyard.data import Examples
+    from modelyard.data.chat import GenerationInput
 
 
 @dataclass
@@ -64,6 +65,12 @@ class ChatSplit:
 
     def __len__(self) -> int:
         return len(self.seqs)
+
+    @property
+    def learnt(self) -> np.ndarray:
+        """How many tokens of each record are learnt (N,)."""
+        counts = (sum(1 for y in labels if y != IGNORE_INDEX) for labels in self.labels)
+        return np.fromiter(counts, dtype=np.int64, count=len(self.labels))
 
 
 S = TypeVar("S", EncodedSplit, FeatureSplit, ChatSplit)
@@ -176,7 +183,8 @@ class Data(Generic[S]):
     train: S
     validation: S
     batch: BatchFn[S]
-    test: Examples | None = None  # the test file, scored by ``finish``
+    # the test file, scored by ``finish``: labelled examples, or a generative run's inputs
+    test: Examples | list[GenerationInput] | None = None
 
 
 def to_tensors(

@@ -160,6 +160,27 @@ class GenerationResult:
     samples: list[dict[str, Any]] = field(default_factory=list)
 
 
+def check_references(inputs: Sequence[GenerationInput]) -> list[str]:
+    """Every record's reference answer, which scoring needs.
+
+    Raises:
+        DataError: a record has none (names file:line).
+    """
+    for record in inputs:
+        if record.reference is None:
+            raise DataError(
+                f"{record.source}:{record.line}: no reference answer to score against (a chat "
+                "needs a last assistant turn, a prompt a completion)"
+            )
+    return [str(record.reference) for record in inputs]
+
+
+def generation_autocast(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype to generate in: ``train.precision``'s, but no fp16 on a CPU."""
+    dtype = autocast_dtype(precision)
+    return None if device.type == "cpu" and dtype is torch.float16 else dtype
+
+
 def last_turn(record: GenerationInput) -> str:
     """The record's question as a reader sees it: its last user turn, or its text."""
     if record.text is not None:
@@ -199,17 +220,10 @@ def evaluate_generation(
     Raises:
         DataError: a record has no reference answer.
     """
-    references = [r.reference for r in inputs]
-    if any(ref is None for ref in references):
-        bad = next(r for r in inputs if r.reference is None)
-        raise DataError(f"{bad.source}:{bad.line}: no reference answer to score against")
-    refs = [str(ref) for ref in references]
+    refs = check_references(inputs)
     tok = loaded.tokenizer
     prompts = [prompt_text(tok, r) for r in inputs]
-    dtype = autocast_dtype(precision)
-    device = next(loaded.model.parameters()).device
-    if device.type == "cpu" and dtype is torch.float16:
-        dtype = None
+    dtype = generation_autocast(precision, next(loaded.model.parameters()).device)
 
     def run(model: Any, who: str) -> list[str]:
         with tqdm(

@@ -30,16 +30,24 @@ import torch.nn.functional as F
 from modelyard.config import CausalLMConfig, Config
 from modelyard.data import LabelSpace, random_split, read_conversations, read_generation_inputs
 from modelyard.data.chat import Conversation, GenerationInput
-from modelyard.errors import ConfigError, DataError
+from modelyard.errors import ConfigError, RunError
 from modelyard.models.causal_lm import CausalLM, LoadedCausalLM, load_causal_lm
 from modelyard.plots import plot_learning_curves
 from modelyard.runs import Run, RunPaths
-from modelyard.tokenize.chat import IGNORE_INDEX, encode_conversations
-from modelyard.training.checkpoint import load_weights
+from modelyard.tasks import get_task
+from modelyard.tokenize.chat import encode_conversations
+from modelyard.training.checkpoint import load_weights, restore_checkpoint
 from modelyard.training.collate import ChatBatches, ChatSplit, Data
 from modelyard.training.distributed import World, seed_rank
 from modelyard.training.environment import seed_everything
-from modelyard.training.generate import GenerationResult, evaluate_generation
+from modelyard.training.generate import (
+    GenerationResult,
+    check_references,
+    evaluate_generation,
+    generate_answers,
+    generation_autocast,
+    prompt_text,
+)
 from modelyard.training.prepare import (
     Monitoring,
     build_trainer,
@@ -99,20 +107,6 @@ def read_records(config: Config) -> Records:
     return Records(train, validation, test)
 
 
-def check_references(inputs: Sequence[GenerationInput]) -> None:
-    """Scoring needs every record's reference answer.
-
-    Raises:
-        DataError: a record has none (names file:line).
-    """
-    for record in inputs:
-        if record.reference is None:
-            raise DataError(
-                f"{record.source}:{record.line}: no reference answer to score against (a chat "
-                "needs a last assistant turn, a prompt a completion)"
-            )
-
-
 def chat_split(tokenizer: Any, records: Sequence[Conversation], config: Config) -> ChatSplit:
     """Encode records once (the tokenizer's chat template, ``data.train_on`` labels)."""
     max_length = int(config.tokenizer.max_length)
@@ -136,8 +130,7 @@ def chat_split(tokenizer: Any, records: Sequence[Conversation], config: Config) 
 def answer_budget(split: ChatSplit) -> int:
     """How many tokens a generated answer may have: 1.5x the 99th percentile of the learnt
     tokens per train record, within [16, 256]."""
-    learnt = [sum(1 for y in labels if y != IGNORE_INDEX) for labels in split.labels]
-    p99 = float(np.percentile(learnt, 99)) if learnt else 0.0
+    p99 = float(np.percentile(split.learnt, 99)) if len(split) else 0.0
     return int(min(MAX_NEW_TOKENS_CEILING, max(MAX_NEW_TOKENS_FLOOR, math.ceil(1.5 * p99))))
 
 
@@ -183,7 +176,10 @@ def setup_generative(
     model = loaded.model.to(device)
     seed_rank(world, config.seed)
     data: Data[ChatSplit] = Data(
-        train=train, validation=validation, batch=ChatBatches(int(tok.pad_token_id), device)
+        train=train,
+        validation=validation,
+        batch=ChatBatches(int(tok.pad_token_id), device),
+        test=records.test,
     )
     trainer = build_trainer(config, model, data.train, 0, device, schedule=watch.schedule)
     labels = LabelSpace(task=config.task, labels=[])
@@ -202,8 +198,8 @@ def setup_generative(
             "pad_id": int(tok.pad_token_id),
             "max_new_tokens": answer_budget(train),
             "learnt_tokens": {
-                "train": int(sum(len(_learnt(s)) for s in train.labels)),
-                "validation": int(sum(len(_learnt(s)) for s in validation.labels)),
+                "train": int(train.learnt.sum()),
+                "validation": int(validation.learnt.sum()),
             },
         },
         data=data,
@@ -214,15 +210,9 @@ def setup_generative(
         validator=validate_tokens,
     )
     if resume:
-        from modelyard.training.checkpoint import restore_checkpoint
-
         restore_checkpoint(session)
     start(session)
     return session
-
-
-def _learnt(labels: list[int]) -> list[int]:
-    return [y for y in labels if y != IGNORE_INDEX]
 
 
 @torch.no_grad()
@@ -266,11 +256,11 @@ def finish_generative(session: Session) -> Run:
         plot_learning_curves(
             run.history, paths.eval_dir / "learning_curves.png", title=paths.dir.name
         )
-    if config.data.test is None:
+    inputs = session.data.test  # read (and checked) by setup
+    if not isinstance(inputs, list):
         return run
     model = session.trainer.model
     load_weights(paths.weights("best"), model)
-    inputs = read_generation_inputs(config.data.test, encoding=config.data.encoding)
     result = evaluate_generation(
         LoadedCausalLM(model, session.tokenizer),  # type: ignore[arg-type]
         inputs,
@@ -300,9 +290,6 @@ def load_generative_run(run_dir: Any, which: str = "best") -> tuple[Run, LoadedC
     Raises:
         RunError: not a generative run, or its checkpoint is missing or does not fit.
     """
-    from modelyard.errors import RunError
-    from modelyard.tasks import get_task
-
     run = Run.load(run_dir)
     if not get_task(run.task).generative:
         raise RunError(f"{run.dir}: a {run.task} run scores texts; it does not generate")
@@ -330,7 +317,6 @@ def evaluate_generative_run(
             "prompt/completion JSONL or CSV)"
         )
     inputs = read_generation_inputs(source, encoding=run.config.data.encoding)
-    check_references(inputs)
     return evaluate_generation(
         loaded,
         inputs,
@@ -356,18 +342,15 @@ def generate_for_run(
     Args:
         max_new_tokens: the longest answer (default: what the run scored its test file with).
     """
-    from modelyard.training.environment import autocast_dtype
-    from modelyard.training.generate import generate_answers, prompt_text
-
     run, loaded = load_generative_run(run_dir, which)
     prompts = [prompt_text(loaded.tokenizer, r) for r in inputs]
     limit = max_new_tokens or int(run.info.get("max_new_tokens", 64))
-    dtype = autocast_dtype(run.config.train.precision)
+    device = next(loaded.model.parameters()).device
     return generate_answers(
         loaded.model.lm,
         loaded.tokenizer,
         prompts,
         max_new_tokens=limit,
         batch_size=batch_size,
-        autocast=dtype if dtype is torch.bfloat16 else None,
+        autocast=generation_autocast(run.config.train.precision, device),
     )

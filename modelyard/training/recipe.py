@@ -35,6 +35,8 @@ def finish(session: Session) -> Run:
         The :class:`Run`, read back from disk.
     """
     paths, test = session.paths, session.data.test
+    if isinstance(test, list):  # a generative run's inputs: finish_generative scores those
+        raise TypeError("a generative session finishes with finish_generative")
     write_run_json(session, "completed")
     run = Run.load(paths.dir)
     if test is None and run.history:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -97,3 +98,58 @@ def run_bounded(
             out, err = proc.communicate(timeout=60)
             pytest.fail(f"{' '.join(cmd)} ran past {timeout} s; its stderr:\n{err[-20000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+# ``python -c KILLED_IN_EPOCH_2 CONFIG``: trains the config; once a mid-epoch checkpoint of the
+# second epoch is on disk and one more step is done, prints READY and waits to be killed
+KILLED_IN_EPOCH_2 = textwrap.dedent(
+    """
+    import sys
+    from modelyard.config import load_config
+    from modelyard.training import epochs, recipe
+
+    real_save, real_step = epochs.save_checkpoint, epochs.train_step
+    after = []
+
+    def save_checkpoint(session):
+        real_save(session)
+        p = session.progress
+        if p.epoch >= 1 and p.step_in_epoch > 0 and not after:
+            after.append(p.global_step)  # a mid-epoch checkpoint of the second epoch is on disk
+
+    def train_step(session, group):
+        out = real_step(session, group)
+        if after and session.progress.global_step >= after[0] + 1:
+            # in memory the run is a step past its checkpoint; wait here to be killed
+            print("READY", flush=True)
+            sys.stdin.read()
+        return out
+
+    epochs.save_checkpoint, epochs.train_step = save_checkpoint, train_step
+    recipe.train(load_config(sys.argv[1]))
+    print("FINISHED", flush=True)
+    """
+)
+
+
+def train_until_killed(config_file: Path, cwd: Path) -> None:
+    """Train ``config_file`` in a child process and SIGKILL it a step past a mid-epoch checkpoint
+    of the second epoch (the child says READY; no sleeping)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_IN_EPOCH_2, str(config_file)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()  # blocks until the child reports
+        assert line.strip() == "READY", child.stderr.read() if child.stderr else ""
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+        child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL

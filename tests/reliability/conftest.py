@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers.serving import ServerProcess, build_real_bundle
 
 AREAS = {
     "load": "load held",
@@ -45,6 +46,22 @@ class Recorder:
         if area not in AREAS:
             raise ValueError(f"unknown area {area!r}; valid: {', '.join(AREAS)}")
         self.trials.append(Trial(area, tried, int(cases), held, self._test))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding one real bundle, ``tiny`` (the HTTP tests' default)."""
+    root = tmp_path_factory.mktemp("models")
+    build_real_bundle(root, "tiny")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[ServerProcess]:
+    """``modelyard serve`` on ``repo`` with the default limits, stopped cleanly at the end."""
+    proc = ServerProcess(repo)
+    yield proc
+    assert proc.stop() == 0
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers.rawhttp import connect, exchange, read_response
-from helpers.serving import ServerProcess, build_real_bundle
+from helpers.serving import ServerProcess
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
@@ -27,20 +27,6 @@ CAP = 12  # the tight server's connection cap
 PREDICT = b"POST /v1/models/tiny/predict HTTP/1.1\r\nHost: t\r\n"
 INFER = b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: t\r\n"
 LIVE = b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    build_real_bundle(root, "tiny")
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(repo: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(repo)  # default limits
-    yield proc
-    assert proc.stop() == 0
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,12 @@ import re
 import socket
 import struct
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from helpers.rawhttp import connect, exchange
-from helpers.serving import ServerProcess, build_real_bundle
+from helpers.serving import ServerProcess
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
@@ -29,20 +28,6 @@ PREDICT = (
     + BODY
 )
 LIVE = b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n"
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    build_real_bundle(root, "tiny")
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(repo: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(repo)
-    yield proc
-    assert proc.stop() == 0
 
 
 def _count(server: ServerProcess, status: int) -> float:
