@@ -72,6 +72,43 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class GenerationSpec:
+    """What a generative bundle (task ``generation``) says about how it answers.
+
+    Attributes:
+        engine: the engine that runs ``model_file`` (``llama.cpp``).
+        context_length: tokens of context per request, prompt and answer together.
+        chat_template: the Jinja chat template the prompt of a chat is rendered with (also in
+            the model file's metadata); ``None``: the model takes plain prompts only.
+        stop_tokens: the tokens that end an answer (end of turn, end of text).
+        base_model: what the run fine-tuned (a directory, GGUF file or ``package:NAME``).
+        licence: the base model's licence as its source states it (``None``: not stated).
+        quantization: how the weights are stored (``f32``, ``f16``, ``q8_0``, ``q4_0``).
+    """
+
+    engine: str
+    context_length: int
+    chat_template: str | None
+    stop_tokens: list[str]
+    base_model: str
+    licence: str | None
+    quantization: str
+
+    def problems(self) -> list[str]:
+        """What is wrong with the values (a manifest edited by hand)."""
+        problems = []
+        if not _is_int(self.context_length) or self.context_length < 1:
+            problems.append(f"context_length must be a positive integer: {self.context_length!r}")
+        if not isinstance(self.stop_tokens, list) or not all(
+            isinstance(t, str) for t in self.stop_tokens
+        ):
+            problems.append("stop_tokens must be a list of strings")
+        if self.chat_template is not None and not isinstance(self.chat_template, str):
+            problems.append("chat_template must be a string or null")
+        return problems
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything the runtime needs to know about a bundle; stored as ``manifest.json``."""
 
@@ -100,6 +137,8 @@ class Manifest:
     modelyard_version: str = ""
     created_at: str = ""
     files: dict[str, FileEntry] = field(default_factory=dict)
+    # generative bundles only (task ``generation``): how the model answers
+    generation: GenerationSpec | None = None
     # sha256 over every other field (see manifest_digest): a manifest edited after export no longer
     # matches it. It guards against edits by hand and damage, not against someone who can
     # rewrite the digest too (that takes a signature).
@@ -133,6 +172,8 @@ class Manifest:
             body["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
             body["postprocess"] = PostProcess(**data["postprocess"])
             body["files"] = {k: FileEntry(**v) for k, v in data.get("files", {}).items()}
+            if data.get("generation") is not None:
+                body["generation"] = GenerationSpec(**data["generation"])
             manifest = cls(**body)
         except (KeyError, TypeError, AttributeError) as exc:
             raise BundleError(f"{where}: malformed manifest ({exc})") from None
@@ -170,6 +211,13 @@ class Manifest:
             problems.append(f"max_length must be a positive integer, got {self.max_length!r}")
         if self.padding_side not in ("left", "right"):
             problems.append(f"padding_side must be left or right, got {self.padding_side!r}")
+        if task is not None and task.generative != (self.generation is not None):
+            problems.append(
+                f"a {self.task} bundle "
+                + ("needs a generation section" if task.generative else "has no generation section")
+            )
+        if self.generation is not None:
+            problems += self.generation.problems()
         for required in (self.model_file, self.tokenizer_file):
             if required not in self.files:
                 problems.append(f"{required} is not listed in files")
@@ -300,6 +348,49 @@ def verify_bundle(
 
 
 # ------------------------------------------------------------------------------ writing
+def generative_manifest(
+    name: str,
+    generation: GenerationSpec,
+    *,
+    format: str,
+    model_file: str,
+    pad_id: int = 0,
+    metrics: dict[str, float] | None = None,
+    variant: dict[str, Any] | None = None,
+    parity: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    source: str | None = None,
+    modelyard_version: str = "",
+) -> Manifest:
+    """The manifest of a generative bundle: one model file that holds its own tokenizer and chat
+    template (a GGUF file), no labels and no tensors to describe; its version is claimed on write.
+    """
+    return Manifest(
+        name=name,
+        version=1,
+        task="generation",
+        labels=[],
+        num_outputs=0,
+        inputs=[],
+        outputs=[],
+        max_length=generation.context_length,
+        padding_side="left",
+        pad_id=pad_id,
+        postprocess=PostProcess(activation="identity"),
+        format=format,
+        model_file=model_file,
+        tokenizer_file=model_file,  # the tokenizer lives in the model file's metadata
+        parity=parity,
+        metrics=metrics,
+        variant=variant or {},
+        config=config,
+        source=source,
+        modelyard_version=modelyard_version,
+        created_at=now_iso(),
+        generation=generation,
+    )
+
+
 def now_iso() -> str:
     """The current UTC time as ISO 8601 with seconds, for ``created_at``."""
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()

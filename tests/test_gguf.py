@@ -22,44 +22,20 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
-from helpers.tiny_llm import TEXTS, tiny_llama_dir, tiny_tokenizer  # noqa: E402
+from helpers.tiny_llm import (  # noqa: E402
+    ANSWERS,
+    CHATS,
+    tiny_llama_dir,
+    tiny_tokenizer,
+    train_tiny_llama,
+)
 
 from modelyard.errors import BundleError, DataError  # noqa: E402
 from modelyard.exporters.gguf import GGUF_TYPES, interleave_rotary, write_gguf  # noqa: E402
 from modelyard.exporters.registry import export_gguf, export_merged  # noqa: E402
 
 PROMPTS = ["Once upon a time", "What is a", "A loyal"]
-CHATS = [
-    [{"role": "user", "content": "What is a cat?"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is a dog?"}],
-]
-ANSWERS = {"What is a cat?": "A small pet.", "What is a dog?": "A loyal pet that barks."}
 MAX_TOKENS = 10
-
-
-def _train(directory: Path, tokenizer: Any, steps: int = 150) -> None:
-    """Fine-tune the tiny llama on the chats and texts above until it repeats them, so greedy
-    answers are whole words (a random model's stray bytes make ragged UTF-8)."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(directory))
-    chats = [
-        tokenizer.apply_chat_template(
-            [*chat, {"role": "assistant", "content": ANSWERS[chat[-1]["content"]]}],
-            tokenize=False,
-        )
-        for chat in CHATS
-    ]
-    rows = [tokenizer(text)["input_ids"] for text in chats + TEXTS]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    torch.manual_seed(0)
-    model.train()
-    for _ in range(steps):
-        for ids in rows:
-            batch = torch.tensor([ids])  # (1, T)
-            loss = model(input_ids=batch, labels=batch).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    model.save_pretrained(str(directory))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +47,7 @@ def tokenizer() -> Any:
 def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
     torch.set_num_threads(1)
     directory = tiny_llama_dir(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
-    _train(directory, tokenizer)
+    train_tiny_llama(directory, tokenizer)
     return directory
 
 
@@ -407,3 +383,33 @@ def test_smollm2_as_gguf_tokenizes_and_answers_as_transformers(
     with LlamaCppGenerator(written.path, threads=1) as generator:
         got = generator.generate(chat, max_tokens=MAX_TOKENS)
     assert got.token_ids == answer, (got.text, tokenizer.decode(answer))
+
+
+@pytest.mark.unit
+def test_a_gguf_bundle_carries_its_generation_section_under_the_checksums(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    from helpers.tiny_llm import tiny_gguf_bundle
+
+    from modelyard.bundle import verify_bundle
+
+    bundle = tiny_gguf_bundle(tmp_path / "models", model_dir, quantization="q8_0")
+    manifest = verify_bundle(bundle.path).manifest
+    assert (manifest.task, manifest.format, manifest.model_file) == (
+        "generation",
+        "gguf",
+        "model.gguf",
+    )
+    assert manifest.generation is not None and manifest.generation.quantization == "q8_0"
+    assert manifest.generation.context_length == 128
+    assert "<|im_start|>" in (manifest.generation.chat_template or "")
+    # a generation section edited by hand, or missing, is refused, never misread
+    path = bundle.path / "manifest.json"
+    data = json.loads(path.read_text())
+    edited = {**data, "generation": {**data["generation"], "context_length": 4096}}
+    path.write_text(json.dumps(edited))
+    with pytest.raises(BundleError, match="edited after export"):
+        verify_bundle(bundle.path)
+    path.write_text(json.dumps({**data, "generation": None, "digest": ""}))
+    with pytest.raises(BundleError, match="needs a generation section"):
+        verify_bundle(bundle.path)
