@@ -287,6 +287,8 @@ def test_the_recipes_load_what_export_merged_writes(tmp_path: Path) -> None:
     # KServe's runtime picks vLLM by config.json's architectures; Ray Serve reads the same file
     hf_config = json.loads((merged / "config.json").read_text())
     assert hf_config["architectures"] == ["LlamaForCausalLM"]
+    # the RoPE base also at the top, where transformers-4 images read it (else: 10000, silently)
+    assert hf_config["rope_theta"] == hf_config["rope_parameters"]["rope_theta"]
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(merged))
     assert tokenizer.chat_template == CHATML
     assert hf_config["eos_token_id"] == tokenizer.eos_token_id  # vLLM stops on it

@@ -15,6 +15,7 @@ each written in a staging directory and renamed into place.
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -145,6 +146,7 @@ class CausalLM(nn.Module):
         def write(staging: Path) -> None:
             lm.save_pretrained(str(staging), safe_serialization=True)
             self.tokenizer.save_pretrained(str(staging))
+            add_legacy_rope_theta(staging / "config.json")
 
         try:
             return publish_directory(directory, write)
@@ -314,3 +316,17 @@ def _is_peft(lm: nn.Module) -> bool:
     except ImportError:
         return False
     return isinstance(lm, PeftModel)
+
+
+def add_legacy_rope_theta(config_path: Path) -> None:
+    """Repeat the RoPE base at the top of ``config.json`` as ``rope_theta``.
+
+    transformers 5 writes it only inside ``rope_parameters``; readers built on transformers 4
+    (older vLLM, KServe or llama.cpp converter images) look for ``rope_theta`` and, not finding
+    it, silently fall back to 10000: wrong answers from a model that loads fine.
+    """
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    theta = (config.get("rope_parameters") or {}).get("rope_theta")
+    if theta is not None and "rope_theta" not in config:
+        config["rope_theta"] = theta
+        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
