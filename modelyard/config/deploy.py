@@ -91,6 +91,8 @@ class ServeConfig(StrictModel):
     # Ray Serve (`serve --ray`): this many replicas, autoscaled up to max_replicas when higher
     replicas: int = Field(1, ge=1)
     max_replicas: int | None = Field(None, ge=1)
+    # the web page at / (models, try it, live figures) and the API description at /docs
+    ui: bool = True
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> ServeConfig:
@@ -125,6 +127,7 @@ _FLAG_HELP = {
     "providers": "ONNX Runtime execution provider: cpu (default), cuda, auto",
     "replicas": "with --ray: this many replicas (default 1)",
     "max_replicas": "with --ray: autoscale up to this many",
+    "ui": "the web page at / and the API docs at /docs (default: on)",
 }
 
 
@@ -133,6 +136,15 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     unset, so a flag overrides the config only when given (see :func:`serve_overrides`)."""
     for name, info in ServeConfig.model_fields.items():
         default = info.default
+        if isinstance(default, bool):  # --ui / --no-ui
+            parser.add_argument(
+                "--" + name.replace("_", "-"),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=_FLAG_HELP.get(name),
+            )
+            continue
         # numbers as such; the rest as strings, which pydantic converts and checks
         numeric = isinstance(default, int | float) and not isinstance(default, bool)
         kind = type(default) if numeric else str

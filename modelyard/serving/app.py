@@ -46,13 +46,13 @@ from modelyard.serving.batcher import (
     RequestTooLargeError,
 )
 from modelyard.serving.inference import Loader, TextResult, check_providers, default_loader
+from modelyard.serving.live import stats_route
 from modelyard.serving.prometheus import CONTENT_TYPE, ServerMetrics
 from modelyard.serving.protocol import (
     BINARY_HEADER,
     LABEL_OUTPUT,
     SCORES_OUTPUT,
     EncodedResponse,
-    Limits,
     ProtocolError,
     encode_infer_response,
     error_body,
@@ -67,6 +67,8 @@ from modelyard.serving.repository import (
     ModelUnavailableError,
     ModelVersion,
 )
+from modelyard.serving.state import ServerState
+from modelyard.serving.ui import page
 from modelyard.tasks import get_task
 from modelyard.versions import VersionRef, parse_ref
 
@@ -91,16 +93,6 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return Response(error_body(message), status_code=status, headers=headers, media_type=JSON)
-
-
-class ServerState:
-    """Everything the routes share: settings, repository, metrics, limits."""
-
-    def __init__(self, repo: ModelRepository, settings: ServeConfig, metrics: ServerMetrics):
-        self.repo = repo
-        self.settings = settings
-        self.metrics = metrics
-        self.limits = Limits(max_texts=settings.max_texts, max_text_chars=settings.max_text_chars)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -413,7 +405,10 @@ def create_app(
         route(version + "/ready", "model_ready", _model_ready, "GET"),
         route("/v1/models", "list_models", _list_models, "GET"),
         route("/metrics", "metrics", _metrics, "GET"),
+        route("/v1/stats", "stats", stats_route, "GET"),
     ]
+    if settings.ui:
+        routes.append(route("/", "page", page, "GET"))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -3,10 +3,16 @@
 The key file holds one key per line (UTF-8; a leading byte-order mark, as Windows editors write it,
 is dropped); blank lines and lines starting with ``#`` are ignored. Health
 endpoints stay open so orchestrators can probe the server without a key.
+
+A browser cannot add a bearer header to a page it opens, so the key is also taken as the
+password of HTTP Basic auth (any user name): the page (``/``, ``/docs``) answers 401 with a
+``Basic`` challenge, the browser asks for the key once and sends it with the page's own requests.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from pathlib import Path
 
@@ -16,6 +22,7 @@ from modelyard.errors import ConfigError
 from modelyard.serving.protocol import error_body
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+PAGE_PATHS = frozenset({"/", "/docs"})  # a browser opens these: challenge with Basic
 
 
 def read_api_keys(path: str | Path) -> list[bytes]:
@@ -38,6 +45,22 @@ def read_api_keys(path: str | Path) -> list[bytes]:
     if not keys:
         raise ConfigError(f"{p}: API key file holds no key")
     return keys
+
+
+def presented_key(authorization: bytes) -> bytes:
+    """The key an ``Authorization`` value carries: ``Bearer KEY``, or ``Basic`` with the key as
+    the password; ``b""`` when it carries none."""
+    scheme, _, token = authorization.partition(b" ")
+    token = token.strip()
+    if scheme.lower() == b"bearer":
+        return token
+    if scheme.lower() == b"basic":
+        try:
+            decoded = base64.b64decode(token, validate=True)
+        except (binascii.Error, ValueError):
+            return b""
+        return decoded.partition(b":")[2]
+    return b""
 
 
 def key_matches(presented: bytes, keys: list[bytes]) -> bool:
@@ -67,14 +90,13 @@ class APIKeyMiddleware:
         presented = b""
         for name, value in scope["headers"]:
             if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    presented = token.strip()
+                presented = presented_key(value)
                 break
         if presented and key_matches(presented, self.keys):
             await self.app(scope, receive, send)
             return
         body = error_body("missing or invalid API key (use Authorization: Bearer KEY)")
+        scheme = b"Basic" if scope["path"] in PAGE_PATHS else b"Bearer"
         await send(
             {
                 "type": "http.response.start",
@@ -82,7 +104,7 @@ class APIKeyMiddleware:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b'Bearer realm="modelyard"'),
+                    (b"www-authenticate", scheme + b' realm="modelyard"'),
                 ],
             }
         )

@@ -184,11 +184,15 @@ class ServerMetrics:
             self.refresh_live()
             await asyncio.sleep(_REFRESH_S)
 
-    def render(self) -> bytes:
-        """The text exposition format: this process's metrics, or every worker's."""
+    def source(self) -> CollectorRegistry:
+        """What a scrape reads: this process's registry, or every worker's files."""
         if not self.multiprocess:
-            return generate_latest(self.registry)
+            return self.registry
         self.refresh_live()
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
-        return generate_latest(registry)
+        return registry
+
+    def render(self) -> bytes:
+        """The text exposition format: this process's metrics, or every worker's."""
+        return generate_latest(self.source())
