@@ -47,6 +47,7 @@ from modelyard.serving.batcher import (
 )
 from modelyard.serving.inference import Loader, TextResult, check_providers, default_loader
 from modelyard.serving.live import stats_route
+from modelyard.serving.openapi import docs_route, openapi_route
 from modelyard.serving.prometheus import CONTENT_TYPE, ServerMetrics
 from modelyard.serving.protocol import (
     BINARY_HEADER,
@@ -406,9 +407,10 @@ def create_app(
         route("/v1/models", "list_models", _list_models, "GET"),
         route("/metrics", "metrics", _metrics, "GET"),
         route("/v1/stats", "stats", stats_route, "GET"),
+        route("/openapi.json", "openapi", openapi_route, "GET"),
     ]
     if settings.ui:
-        routes.append(route("/", "page", page, "GET"))
+        routes += [route("/", "page", page, "GET"), route("/docs", "docs", docs_route, "GET")]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -170,9 +170,7 @@ def _parse_input(tensor: dict[str, Any], binary: bytes) -> list[str]:
     ):
         raise ProtocolError(400, f"input {INPUT_NAME!r} must have shape [N] or [N, 1]")
     count = shape[0]
-    params = tensor.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise ProtocolError(400, "'parameters' must be an object")
+    params = _parameters(tensor)
     if "binary_data_size" in params:
         raw = _decode_binary_bytes(binary, params["binary_data_size"])
         texts = []
@@ -223,11 +221,20 @@ def _decode_binary_bytes(binary: bytes, size: Any) -> list[bytes]:
     return out
 
 
-def _parse_outputs(payload: dict[str, Any], offered: Sequence[str]) -> tuple[list[str], set[str]]:
-    params = payload.get("parameters") or {}
+def _parameters(owner: dict[str, Any], flag: str | None = None) -> dict[str, Any]:
+    """``owner["parameters"]``: an object, or null or absent (none); ``flag`` a boolean in it."""
+    params = owner.get("parameters")
+    if params is None:
+        return {}
     if not isinstance(params, dict):
         raise ProtocolError(400, "'parameters' must be an object")
-    all_binary = params.get("binary_data_output") is True
+    if flag is not None and not isinstance(params.get(flag, False), bool):
+        raise ProtocolError(400, f"parameter {flag!r} must be true or false")
+    return params
+
+
+def _parse_outputs(payload: dict[str, Any], offered: Sequence[str]) -> tuple[list[str], set[str]]:
+    all_binary = _parameters(payload, "binary_data_output").get("binary_data_output") is True
     requested = payload.get("outputs")
     if requested is None:
         return list(offered), set(offered) if all_binary else set()
@@ -242,8 +249,7 @@ def _parse_outputs(payload: dict[str, Any], offered: Sequence[str]) -> tuple[lis
                 400, f"unknown output {name!r}; this model offers {', '.join(offered)}"
             )
         names.append(name)
-        out_params = out.get("parameters") or {}
-        if all_binary or (isinstance(out_params, dict) and out_params.get("binary_data") is True):
+        if all_binary or _parameters(out, "binary_data").get("binary_data") is True:
             binary.add(name)
     return names, binary
 
