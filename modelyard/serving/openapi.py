@@ -80,7 +80,7 @@ _PARAMETERS = {
     "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$"},
     "version": {
         "type": "string",
-        "pattern": "^([0-9]{1,9}|[A-Za-z][A-Za-z0-9_.-]{0,63})$",
+        "pattern": "^([1-9][0-9]{0,8}|[A-Za-z][A-Za-z0-9_.-]{0,63})$",
         "description": "a version number or an alias (server, default, ...)",
     },
 }
