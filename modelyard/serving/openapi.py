@@ -179,5 +179,6 @@ def docs_html(doc: dict[str, Any]) -> str:
 async def docs_route(state: ServerState, request: Request, served: object) -> Response:
     """``GET /docs``: :func:`docs_html` of this server's document."""
     text = docs_html(document(request.app.routes, state.limits))
-    csp = f"default-src 'none'; style-src {asset('docs.css').csp}; frame-ancestors 'none'"
+    style = asset("docs.css").csp
+    csp = f"default-src 'none'; style-src {style}; img-src data:; frame-ancestors 'none'"
     return Response(text, media_type=HTML, headers=page_headers(csp))

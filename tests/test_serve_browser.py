@@ -1,0 +1,171 @@
+"""The server's page and a run's report.html in a real browser: Debian's headless Chromium
+driven by Selenium (no browser download). Screenshots go under the test's tmp directory.
+
+Skipped only when ``/usr/bin/chromium`` is absent; ``.ci/run`` installs it, so CI runs this.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.serving import ServerProcess, build_real_bundle
+
+CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (CHROMIUM.exists() and DRIVER.exists()),
+        reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)",
+    ),
+]
+# the machine's network is closed: without these Chromium stalls on its background fetches
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1200,1000",
+]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    driver = webdriver.Chrome(options=options, service=Service(str(DRIVER)))
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("models")
+    build_real_bundle(root, "tiny")
+    proc = ServerProcess(root)
+    yield proc
+    assert proc.stop() == 0
+
+
+def wait_for(check: Any, timeout_s: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)  # the page updates on its own clock; poll it, bounded
+    raise AssertionError("the page did not get there in time")
+
+
+def test_page_classifies_a_text_and_its_live_plots_move(
+    browser: Any, server: ServerProcess, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#models tbody tr")
+    assert [r.find_element(By.TAG_NAME, "th").text for r in rows] == ["tiny"]
+    assert "loaded" in rows[0].text and "onnx" in rows[0].text
+    timing = browser.execute_script(
+        "const p = performance.getEntriesByName('first-contentful-paint')[0];"
+        "return p ? p.startTime : null;"
+    )
+    assert timing is not None and timing < 1000  # docs/benchmarks.md has the measured figure
+    browser.save_screenshot(str(tmp_path / "page.png"))
+
+    plot = "#live-tiny .plot-rps polyline"
+    before = browser.find_element(By.CSS_SELECTOR, plot).get_attribute("points") or ""
+    text = browser.find_element(By.ID, "try-text")
+    text.send_keys("a great film, good plot")
+    browser.find_element(By.ID, "try-go").click()
+    result = browser.find_element(By.ID, "try-result")
+    assert result.get_attribute("aria-live") == "polite"
+    bars = wait_for(lambda: result.find_elements(By.CSS_SELECTOR, ".bars li"))
+    assert {b.find_element(By.CLASS_NAME, "name").text.split()[0] for b in bars} == {
+        "neg",
+        "pos",
+        "mixed",
+    }
+    assert "Top label" in result.text
+    browser.save_screenshot(str(tmp_path / "classified.png"))
+    for _ in range(5):  # more traffic for the plots
+        browser.find_element(By.ID, "try-go").click()
+        time.sleep(0.2)
+
+    def moved() -> bool:
+        rps = browser.find_element(By.CSS_SELECTOR, "#live-tiny .plot-rps b").text
+        after = browser.find_element(By.CSS_SELECTOR, plot).get_attribute("points") or ""
+        return after != before and rps not in ("", "0", "–") and float(rps) > 0
+
+    wait_for(moved, 15)
+    latency = browser.find_element(By.CSS_SELECTOR, "#live-tiny .plot-latency b").text
+    assert latency != "– / –"
+    browser.save_screenshot(str(tmp_path / "live.png"))
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert (tmp_path / "live.png").stat().st_size > 1000
+
+
+def test_docs_page_opens(browser: Any, server: ServerProcess, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/docs")
+    heads = [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
+    assert "POST /v1/models/{name}/predict" in heads and "POST /v2/models/{name}/infer" in heads
+    browser.save_screenshot(str(tmp_path / "docs.png"))
+
+
+def test_report_html_shows_its_plots(browser: Any, tmp_path: Path) -> None:
+    import numpy as np
+    from selenium.webdriver.common.by import By
+    from test_report_html import TARGETS, VARIANTS
+
+    from modelyard.choice import choose
+    from modelyard.plots import plot_learning_curves
+    from modelyard.report.html import ReportContent, write_report
+    from modelyard.report.tradeoff import variants_plot
+
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e} for e in (1, 2, 3)]
+    choices = choose(TARGETS, VARIANTS)
+    report = write_report(
+        ReportContent(
+            name="demo",
+            task="binary",
+            metric="accuracy",
+            data={"train": "data/train.csv"},
+            test_metrics={"accuracy": float(np.float32(0.9))},
+            variants=VARIANTS,
+            choices=choices,
+            targets=TARGETS,
+            tradeoff_png=variants_plot(VARIANTS, choices, tmp_path / "v.png", metric="accuracy"),
+            images={"Learning curves": plot_learning_curves(history, tmp_path / "c.png")},
+        ),
+        tmp_path / "report.html",
+    )
+    browser.get(report.resolve().as_uri())
+    images = browser.find_elements(By.TAG_NAME, "img")
+    assert len(images) >= 2
+    for img in images:  # decoded and drawn, not a broken-image box
+        assert browser.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth > 0;", img
+        )
+    browser.save_screenshot(str(tmp_path / "report.png"))
+    assert os.path.getsize(tmp_path / "report.png") > 1000
