@@ -66,6 +66,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     assert proc.stop() == 0
 
 
+def first_paint_ms(driver: Any) -> float:
+    """The page's first contentful paint (performance timing), waited for (bounded)."""
+    driver.set_script_timeout(10)
+    return float(
+        driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "new PerformanceObserver((list) => {"
+            "  const e = list.getEntriesByName('first-contentful-paint')[0];"
+            "  if (e) done(e.startTime);"
+            "}).observe({type: 'paint', buffered: true});"
+        )
+    )
+
+
 def wait_for(check: Any, timeout_s: float = 10.0) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -85,11 +99,7 @@ def test_page_classifies_a_text_and_its_live_plots_move(
     rows = browser.find_elements(By.CSS_SELECTOR, "#models tbody tr")
     assert [r.find_element(By.TAG_NAME, "th").text for r in rows] == ["tiny"]
     assert "loaded" in rows[0].text and "onnx" in rows[0].text
-    timing = browser.execute_script(
-        "const p = performance.getEntriesByName('first-contentful-paint')[0];"
-        "return p ? p.startTime : null;"
-    )
-    assert timing is not None and timing < 1000  # docs/benchmarks.md has the measured figure
+    assert first_paint_ms(browser) < 1000  # a shared CI machine; bench/serve_page.py measures
     browser.save_screenshot(str(tmp_path / "page.png"))
 
     plot = "#live-tiny .plot-rps polyline"
