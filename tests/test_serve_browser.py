@@ -179,3 +179,26 @@ def test_report_html_shows_its_plots(browser: Any, tmp_path: Path) -> None:
         )
     browser.save_screenshot(str(tmp_path / "report.png"))
     assert os.path.getsize(tmp_path / "report.png") > 1000
+
+
+def test_page_behind_api_keys_uses_the_key_the_browser_was_given(
+    browser: Any, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    build_real_bundle(tmp_path / "models", "tiny")
+    (tmp_path / "keys").write_text("page-key\n")
+    server = ServerProcess(tmp_path / "models", "--api-key-file", str(tmp_path / "keys"))
+    try:
+        # what a person types into the browser's Basic prompt, here in the URL
+        browser.get(server.url.replace("http://", "http://me:page-key@") + "/")
+        assert browser.find_elements(By.CSS_SELECTOR, "#models tbody tr")
+        browser.find_element(By.ID, "try-text").send_keys("good film")
+        browser.find_element(By.ID, "try-go").click()
+        result = browser.find_element(By.ID, "try-result")
+        wait_for(lambda: result.find_elements(By.CSS_SELECTOR, ".bars li"))
+        wait_for(lambda: browser.find_element(By.CSS_SELECTOR, "#live-tiny .plot-rps b").text)
+        assert "unavailable" not in browser.find_element(By.ID, "live-note").text
+        browser.save_screenshot(str(tmp_path / "with-keys.png"))
+    finally:
+        assert server.stop() == 0

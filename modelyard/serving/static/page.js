@@ -7,6 +7,9 @@
     return el;
   };
   const fmt = (x, digits = 2) => (x === null || !isFinite(x) ? "–" : (+x.toFixed(digits)).toString());
+  // from the origin: a page opened with user:key@ in its URL would resolve relative URLs with the
+  // credentials in them, which fetch refuses; the browser sends the key it has for the origin
+  const api = (path) => new URL(path, location.origin);
   const models = JSON.parse($("#models-data").textContent);
   const byName = new Map(models.map((m) => [m.name, m]));
 
@@ -51,7 +54,7 @@
     const text = $("#try-text").value;
     result.replaceChildren(make("p", { className: "muted" }, "Predicting…"));
     try {
-      const answer = await fetch(`/v1/models/${encodeURIComponent(name)}/predict`, {
+      const answer = await fetch(api(`/v1/models/${encodeURIComponent(name)}/predict`), {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ texts: [text] }),
@@ -176,7 +179,7 @@
 
   async function poll() {
     try {
-      const answer = await fetch("/v1/stats", { cache: "no-store" });
+      const answer = await fetch(api("/v1/stats"), { cache: "no-store" });
       if (!answer.ok) throw new Error(`status ${answer.status}`);
       const now = await answer.json();
       update(now, history[history.length - 1], history[0]);
