@@ -47,6 +47,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_mismatch(
     argv += ["--report-junit-path", str(junit), "--request-timeout", "10"]
     done = subprocess.run(
         argv,
+        cwd=tmp_path,  # its own files (.schemathesis/) stay out of the checkout
         capture_output=True,
         text=True,
         timeout=MAX_TIME_S + 60,
