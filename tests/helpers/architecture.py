@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "metrics",
             "plots",
             "bundle",
+            "generation_spec",
             "versions",
             "runs",
             "data",
