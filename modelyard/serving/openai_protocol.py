@@ -24,7 +24,8 @@ from typing import Any
 
 import orjson
 
-from modelyard.runtime.generator import GenerationChunk, GenerationParams, ParamError
+from modelyard.runtime.generation_params import GenerationParams, ParamError
+from modelyard.runtime.generator import GenerationChunk
 from modelyard.runtime.llama_cpp import GeneratedToken, Messages
 
 CHAT_PATH = "/v1/chat/completions"
