@@ -263,3 +263,38 @@ def _until(condition: Any, timeout_s: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.01)  # bounded by the deadline
+
+
+def test_generative_models_follow_aliases_roll_back_and_take_api_keys(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from modelyard.versions import set_alias
+
+    repo = toy_repo(tmp_path / "models", {"toy-llm": [1, 2]})
+    set_alias(repo / "toy-llm", "server", 1)
+    keys = tmp_path / "keys"
+    keys.write_text("sesame\n")
+
+    def load(path: Path) -> ToyGenerator:
+        return ToyGenerator(path.parent.name, int(path.name))
+
+    settings = ServeConfig(api_key_file=str(keys))
+    app = create_app(str(repo), settings, loader=load, poll=False)
+    auth = {"Authorization": "Bearer sesame"}
+    with TestClient(app, raise_server_exceptions=False) as c:
+
+        def version(model: str = "toy-llm") -> str:
+            got = c.post("/v1/chat/completions", json=CHAT | {"model": model}, headers=auth)
+            assert got.status_code == 200, got.text
+            return str(got.json()["system_fingerprint"])
+
+        refused = c.post("/v1/chat/completions", json=CHAT)
+        assert _error(refused, 401)["type"] == "authentication_error"
+        assert version() == "toy-llm-v1"
+        assert version("toy-llm:server") == "toy-llm-v1"
+        set_alias(repo / "toy-llm", "server", 2)  # promote
+        c.portal.call(app.state.server.repo.refresh)
+        assert version() == "toy-llm-v2"
+        set_alias(repo / "toy-llm", "server", 1)  # roll back
+        c.portal.call(app.state.server.repo.refresh)
+        assert version() == "toy-llm-v1"
