@@ -121,7 +121,7 @@ def _metric(client: httpx.Client, name: str) -> float:
     for line in client.get("/metrics").text.splitlines():
         if line.startswith(name + '{model_name="toy-llm"}'):
             return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in /metrics")
+    raise AssertionError(f"{name} not in /metrics")  # the queue sets it when it starts
 
 
 def test_bad_requests_are_4xx_in_openai_shape(server: ThreadServer) -> None:
@@ -188,11 +188,11 @@ def test_a_full_server_answers_503_at_once_and_a_cut_stream_frees_its_slot(
     tmp_path: Path,
 ) -> None:
     gate = threading.Event()
-    toy = ToyGenerator(slots=2, gate=gate, delay_s=0.02)  # 50 tokens: 1 s a stream
+    toy = ToyGenerator(slots=2, gate=gate, delay_s=0.05)  # 60 tokens: 3 s a stream
     repo = toy_repo(tmp_path / "models", {"toy-llm": [1]})
     settings = ServeConfig(generation_max_waiting=1, generation_timeout_s=20.0)
     app = create_app(str(repo), settings, loader=mixed_loader({"toy-llm": toy}), poll=False)
-    ask = CHAT | {"max_tokens": 50, "stream": True}
+    ask = CHAT | {"max_tokens": 60, "stream": True}
     with ThreadServer(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         streams = [httpx.Client(base_url=server.url, timeout=10) for _ in range(3)]
         opened = []

@@ -125,6 +125,7 @@ class GenerationQueue:
         self._idle.set()
         self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix=f"modelyard-gen-{name}")
         self._metrics = metrics
+        self._gauges()  # at 0 from the start, so dashboards see the model before its first request
 
     @property
     def queued(self) -> int:
