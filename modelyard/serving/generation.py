@@ -57,7 +57,7 @@ class GenerationMetrics:
         )
         self.ttft = Histogram(
             "vllm:time_to_first_token_seconds",
-            "Time from admission to the first generated token",
+            "Time from the request's arrival (its wait for a slot included) to its first token",
             label,
             buckets=_TTFT_BUCKETS,
             registry=registry,
@@ -71,7 +71,7 @@ class GenerationMetrics:
         )
         self.e2e = Histogram(
             "vllm:e2e_request_latency_seconds",
-            "Time from admission to the last token",
+            "Time from the request's arrival to its last token",
             label,
             buckets=_E2E_BUCKETS,
             registry=registry,
@@ -189,7 +189,8 @@ class GenerationQueue:
             BatcherClosedError: the version is stopping.
             ParamError, DataError: the request cannot be answered (400).
         """
-        deadline = time.monotonic() + timeout_s
+        arrived = time.monotonic()
+        deadline = arrived + timeout_s
         loop = asyncio.get_running_loop()
         # the prompt is checked (and counted, if need be) off the loop, before it takes a slot
         chat = await loop.run_in_executor(None, self.generator.check, request, params)
@@ -219,15 +220,15 @@ class GenerationQueue:
             raise BatcherClosedError(f"model {self.name!r} is stopping") from None
         running.add_done_callback(self._release)  # the slot is free when the engine returns
         try:
-            async for chunk in self._timed(chunks, deadline):
+            async for chunk in self._timed(chunks, arrived, deadline):
                 yield chunk
         finally:
             cancel.set()
 
     async def _timed(
-        self, chunks: asyncio.Queue[Any], deadline: float
+        self, chunks: asyncio.Queue[Any], t0: float, deadline: float
     ) -> AsyncIterator[GenerationChunk]:
-        t0 = last = time.monotonic()
+        last = t0
         generated = prompt = 0
         try:
             while True:
