@@ -201,8 +201,12 @@ def test_a_full_server_answers_503_at_once_and_a_cut_stream_frees_its_slot(
                 threading.Thread(
                     target=lambda c=c: opened.append(_open(c, ask)), daemon=True
                 ).start()
-            _until(lambda: _metric(client, "vllm:num_requests_waiting") == 1)
-            assert _metric(client, "vllm:num_requests_running") == 2
+            _until(
+                lambda: (
+                    _metric(client, "vllm:num_requests_running") == 2
+                    and _metric(client, "vllm:num_requests_waiting") == 1
+                )
+            )
             t0 = time.monotonic()
             full = client.post("/v1/chat/completions", json=ask)
             assert time.monotonic() - t0 < 1.0

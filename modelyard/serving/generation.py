@@ -144,10 +144,13 @@ class GenerationQueue:
         if self.running == 0:
             await asyncio.get_running_loop().run_in_executor(None, self.generator.close)
 
-    def _gauges(self) -> None:
+    def _gauges(self, running: int = 0, waiting: int = 0) -> None:
+        # moved by differences: two loaded versions of one model (aliases) add up under its name
+        self.running += running
+        self.waiting += waiting
         if self._metrics is not None:
-            self._metrics.running.labels(self.name).set(self.running)
-            self._metrics.waiting.labels(self.name).set(self.waiting)
+            self._metrics.running.labels(self.name).inc(running)
+            self._metrics.waiting.labels(self.name).inc(waiting)
         if self.running + self.waiting == 0:
             self._idle.set()
         else:
@@ -161,21 +164,19 @@ class GenerationQueue:
                 f"model {self.name!r} is busy: {self.running} requests decoding and "
                 f"{self.waiting} waiting; retry later"
             )
-        self.waiting += 1
-        self._gauges()
+        self._gauges(waiting=1)
         try:
             await asyncio.wait_for(self._free.acquire(), max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            raise RequestTimeoutError("no decoding slot came free in time") from None
-        finally:
-            self.waiting -= 1
-        self.running += 1
-        self._gauges()
+        except BaseException as exc:  # a timeout, or the client gone (cancelled)
+            self._gauges(waiting=-1)
+            if isinstance(exc, TimeoutError):
+                raise RequestTimeoutError("no decoding slot came free in time") from None
+            raise
+        self._gauges(running=1, waiting=-1)  # in one step: a drain never sees it idle between
 
     def _release(self, _: object = None) -> None:
-        self.running -= 1
         self._free.release()
-        self._gauges()
+        self._gauges(running=-1)
 
     async def stream(
         self, request: str | Messages, params: GenerationParams, *, timeout_s: float
