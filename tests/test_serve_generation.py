@@ -302,3 +302,28 @@ def test_generative_models_follow_aliases_roll_back_and_take_api_keys(tmp_path: 
         set_alias(repo / "toy-llm", "server", 1)  # roll back
         c.portal.call(app.state.server.repo.refresh)
         assert version() == "toy-llm-v1"
+
+
+def test_a_client_gone_while_waiting_for_a_slot_leaves_the_queue(tmp_path: Path) -> None:
+    gate = threading.Event()
+    toy = ToyGenerator(slots=1, gate=gate)
+    repo = toy_repo(tmp_path / "models", {"toy-llm": [1]})
+    app = create_app(str(repo), ServeConfig(), loader=mixed_loader({"toy-llm": toy}), poll=False)
+    ask = CHAT | {"max_tokens": 2, "stream": True}
+    with ThreadServer(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        holder = threading.Thread(
+            target=lambda: httpx.post(server.url + "/v1/chat/completions", json=ask, timeout=20),
+            daemon=True,
+        )
+        holder.start()
+        try:
+            _until(lambda: _metric(client, "vllm:num_requests_running") == 1)
+            with pytest.raises(httpx.ReadTimeout):  # waits for the one slot, then hangs up
+                httpx.post(server.url + "/v1/chat/completions", json=ask, timeout=0.5)
+            _until(lambda: _metric(client, "vllm:num_requests_waiting") == 0)
+            assert _metric(client, "vllm:num_requests_running") == 1
+        finally:
+            gate.set()
+            holder.join(20)
+        _until(lambda: _metric(client, "vllm:num_requests_running") == 0)
+        assert toy.cut == 0  # the one that waited never reached the engine
