@@ -219,9 +219,11 @@ class EventStream(Response):
             gone.cancel()
             if not writing.done():
                 writing.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError, ClientDisconnect):
-                await writing
-            await self.events.aclose()  # type: ignore[attr-defined]
+            try:
+                with contextlib.suppress(asyncio.CancelledError, OSError, ClientDisconnect):
+                    await writing
+            finally:  # whatever the write raised, the engine stops at its next token
+                await self.events.aclose()  # type: ignore[attr-defined]
         if not writing.cancelled() and writing.exception() is None:
             return
         error = None if writing.cancelled() else writing.exception()
