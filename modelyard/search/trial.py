@@ -1,0 +1,150 @@
+"""One trial: train a candidate's config under the trial's time limit, report each epoch's
+validation score to Optuna (which may prune it there), then measure what the leaderboard shows.
+
+A trial trains without the test file: the search sees validation scores only, and the test file
+is scored once, for the winner (:mod:`.recipe`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from modelyard.config import Config
+from modelyard.errors import ModelyardError
+from modelyard.runs import Run, RunPaths
+from modelyard.tokenize import encode, load_tokenizer, tokenizer_info
+from modelyard.training import train
+from modelyard.training.collate import TokenBatches, encoded_split
+from modelyard.training.predict import forward_logits, load_model
+from modelyard.training.state import Hooks, Session
+
+log = logging.getLogger("modelyard.search")
+
+LATENCY_TEXTS = 16  # single texts timed for the latency column
+
+
+@dataclass
+class TrialResult:
+    """What a trial did.
+
+    Attributes:
+        state: ``complete``, ``pruned`` or ``failed``.
+        score: the best validation score (``None``: it never validated).
+        epochs: epochs trained.
+        train_s: wall time, setup to the last validation.
+        first_epoch_s: from its start to the end of its first validation (``None``: none).
+        size_mb, latency_ms: of the best checkpoint (``None`` for a failed trial).
+        error: why it failed.
+    """
+
+    state: str
+    score: float | None
+    epochs: int
+    train_s: float
+    first_epoch_s: float | None = None
+    size_mb: float | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+
+
+def pruning(
+    trial: optuna.Trial, metric: str, pruned: list[int], started: float, first_epoch: list[float]
+) -> Any:
+    """An ``after_epoch`` hook: report the epoch's ``metric`` to the trial; stop the run when
+    the study's pruner says its curve lags (``pruned`` gets the epoch)."""
+
+    def hook(session: Session, record: dict[str, Any]) -> bool:
+        if not first_epoch:
+            first_epoch.append(time.monotonic() - started)
+        value = record.get(metric)
+        if value is None or not math.isfinite(float(value)):
+            return False
+        epoch = int(record["epoch"])
+        trial.report(float(value), epoch)
+        if trial.should_prune():
+            pruned.append(epoch)
+            return True
+        return False
+
+    return hook
+
+
+def run_trial(
+    config: Config, trial: optuna.Trial, *, metric: str, texts: Sequence[str]
+) -> TrialResult:
+    """Train ``config`` (its run directory is replaced) and measure it.
+
+    Args:
+        config: the trial's config (:func:`.portfolio.trial_config`), test file unset.
+        trial: the Optuna trial it reports to.
+        metric: the validation record key it is scored by (``val_accuracy``).
+        texts: texts to time the model on.
+    """
+    run_dir = Path(config.output_dir) / config.name
+    shutil.rmtree(run_dir, ignore_errors=True)  # a killed tune's half-trained trial
+    started = time.monotonic()
+    pruned: list[int] = []
+    first_epoch: list[float] = []
+    hooks = Hooks(after_epoch=[pruning(trial, metric, pruned, started, first_epoch)])
+    try:
+        run = train(config, hooks=hooks)
+    except (ModelyardError, RuntimeError, ValueError) as exc:
+        log.warning("trial %s failed: %s", config.name, exc)
+        return TrialResult("failed", None, 0, time.monotonic() - started, error=str(exc))
+    train_s = time.monotonic() - started
+    first_s = first_epoch[0] if first_epoch else None
+    _drop_resume_state(run.paths)
+    best = run.info.get("best_score")
+    if not run.history or best is None or not math.isfinite(float(best)):
+        reason = "no epoch finished in its time" if not run.history else f"no finite {metric}"
+        return TrialResult("failed", None, len(run.history), train_s, first_s, error=reason)
+    size_mb = run.paths.weights("best").stat().st_size / 1e6
+    return TrialResult(
+        "pruned" if pruned else "complete",
+        float(best),
+        len(run.history),
+        train_s,
+        first_s,
+        size_mb=size_mb,
+        latency_ms=measure_latency(run, texts),
+    )
+
+
+def _drop_resume_state(paths: RunPaths) -> None:
+    """A trial is never resumed (an interrupted one runs again): its last checkpoint and
+    training state are dead weight beside the best weights."""
+    paths.weights("last").unlink(missing_ok=True)
+    paths.state.unlink(missing_ok=True)
+
+
+def measure_latency(run: Run, texts: Sequence[str]) -> float | None:
+    """Median milliseconds to score one text with the run's best torch model (tokenizing
+    included), over up to :data:`LATENCY_TEXTS` texts after one warm-up."""
+    texts = list(texts)[:LATENCY_TEXTS]
+    if not texts:
+        return None
+    model = load_model(run)
+    tok = load_tokenizer(run.paths.tokenizer)
+    info = tokenizer_info(tok)
+    batch = TokenBatches(
+        pad_id=info.pad_id,
+        side=info.padding_side,
+        length=None,
+        device=next(model.parameters()).device,
+    )
+    times = []
+    for text in [texts[0], *texts]:
+        t0 = time.perf_counter()
+        forward_logits(model, encoded_split(encode(tok, [text])), batch, batch_size=1)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:]) * 1000
