@@ -13,6 +13,7 @@ import os
 import time
 
 from modelyard.config import Config
+from modelyard.errors import RunError
 from modelyard.metrics import format_with_interval
 from modelyard.plots import plot_learning_curves
 from modelyard.runs import Run
@@ -112,6 +113,11 @@ def train(
             session.hooks.after_epoch.extend(hooks.after_epoch)
         try:
             fit(session)
+            if not session.progress.history:  # only a time limit ends fit before an epoch
+                raise RunError(
+                    f"{session.paths.dir}: train.max_time_s ({config.train.max_time_s} s) "
+                    "passed before the first epoch ended"
+                )
             if world.distributed:
                 session.digests = check_ranks_agree(session.trainer.model, world)
         except KeyboardInterrupt:
