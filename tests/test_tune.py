@@ -65,10 +65,11 @@ def test_budget_arithmetic() -> None:
     clock = Budget(100.0, spent_before_s=10.0, started=1000.0)
     assert clock.spent(now=1020.0) == 30.0
     assert clock.left(now=1020.0) == 70.0
-    # the next trial gets what is left less the reserve (5 s of 100)...
-    assert clock.for_trial(now=1020.0) == 65.0
+    # the next trial gets what is left less the reserve (5 s of 100), at most half the budget
+    assert clock.for_trial(now=1020.0) == 50.0
+    assert clock.for_trial(now=1040.0) == 45.0
     # ...unless its candidate's shortest useful run is longer, or nothing is left
-    assert clock.for_trial(66.0, now=1020.0) == 0.0
+    assert clock.for_trial(46.0, now=1040.0) == 0.0
     assert clock.for_trial(now=1096.0) == 0.0
     assert Budget(None).for_trial() is None and Budget(None).left() is None
     assert format_duration(41.25) == "41.2s" and format_duration(754.2) == "12m34s"
@@ -107,7 +108,7 @@ def test_sampled_values_always_make_valid_configs(tmp_path: Path) -> None:
 @pytest.mark.unit
 def test_candidates_are_chosen_by_name(tmp_path: Path) -> None:
     base = _config(tmp_path)
-    assert [c.name for c in select_candidates(base, ["cnn", "bag_words"])] == ["bag_words", "cnn"]
+    assert [c.name for c in select_candidates(base, ["bag_words", "cnn"])] == ["cnn", "bag_words"]
     with pytest.raises(ConfigError, match="unknown candidate 'svm'; valid: bag_subwords"):
         select_candidates(base, ["svm"])
 
@@ -176,7 +177,7 @@ def test_a_tiny_tune_picks_a_winner_scored_once_on_the_test_file(tmp_path: Path)
     board = result.leaderboard
     assert [e.slot for e in sorted(board, key=lambda e: e.slot)] == [0, 1, 2]
     # the first trials are each candidate's defaults, in the portfolio's order
-    assert [e.candidate for e in sorted(board, key=lambda e: e.slot)][:2] == ["bag_words", "cnn"]
+    assert [e.candidate for e in sorted(board, key=lambda e: e.slot)][:2] == ["cnn", "bag_words"]
     assert result.best is not None and board[0].state == "complete"
     assert Path(board[0].run_dir).resolve() == result.best.dir.resolve()
     # the winner is a run like any other: its test file in its config, eval/metrics.json
@@ -188,7 +189,7 @@ def test_a_tiny_tune_picks_a_winner_scored_once_on_the_test_file(tmp_path: Path)
     for e in board[1:]:  # the losers keep their record, not their weights
         assert is_run_dir(e.run_dir) and not (Path(e.run_dir) / "checkpoints").exists()
     assert all(e.size_mb and e.latency_ms and e.train_s > 0 for e in board if e.state != "failed")
-    assert len(lines) == 5 and lines[0].startswith("[trial 1/3] bag_words")
+    assert len(lines) == 5 and lines[0].startswith("[trial 1/3] cnn")
     assert read_board(result.dir / "leaderboard.json") == board
     page = result.report.read_text(encoding="utf-8")
     assert "Leaderboard" in page and page.count("data:image/png;base64,") >= 2

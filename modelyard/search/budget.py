@@ -3,7 +3,8 @@
 A tune spends its budget on trials and keeps a reserve for its last step (the winner scored on
 the test file, the report). A trial starts only when the time left, less the reserve, covers the
 shortest useful run its candidate has shown (setup, one epoch, its validation); it is then given
-that time as ``train.max_time_s``, so it stops on time whatever it costs per epoch.
+that time (at most half the budget) as ``train.max_time_s``, so it stops on time whatever it
+costs per epoch.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 
 from modelyard.errors import ConfigError
 
+# the most of the budget one trial may take: one slow candidate never spends the whole search
+TRIAL_SHARE = 0.5
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smh])")
 
@@ -99,9 +102,9 @@ class Budget:
             Seconds; ``0.0`` when the trial cannot finish in what is left (do not start it).
         """
         left = self.left(now)
-        if left is None:
+        if left is None or self.total_s is None:
             return None
-        available = left - float(self.reserve_s or 0.0)
+        available = min(left - float(self.reserve_s or 0.0), TRIAL_SHARE * self.total_s)
         if available <= 0 or available < shortest_s:
             return 0.0
         return available

@@ -174,6 +174,8 @@ def _fine_tune(s: Space, base: Config) -> dict[str, dict[str, Any]]:
     }
 
 
+# in the order their first trials run: what measured best for its time first, so a short budget
+# still sees the strongest (docs/benchmarks.md, "Small data" and "Fine-tuning MiniLM")
 CANDIDATES: tuple[Candidate, ...] = (
     Candidate(
         "bag_subwords",
@@ -190,18 +192,18 @@ CANDIDATES: tuple[Candidate, ...] = (
         },
     ),
     Candidate(
-        "bag_words",
-        "fastText-style bag of words and hashed n-grams",
-        _bag(_word_tokenizer),
-        {
-            "num_words": 50000,
-            "embedding_dim": 64,
-            "ngrams": 2,
-            "buckets": 2**16,
-            "dropout": 0.0,
-            "lr": 0.003,
-            "batch_size": 32,
-        },
+        "encoder_head",
+        "the pretrained encoder frozen, a head trained on its pooled features",
+        _head_only,
+        {"dropout": 0.1, "lr": 0.01, "batch_size": 32},
+        has_encoder,
+    ),
+    Candidate(
+        "encoder_finetune",
+        "the pretrained encoder fine-tuned, its lowest layers frozen",
+        _fine_tune,
+        {"epochs": 1, "freeze_layers": 5, "lr": 0.001, "batch_size": 32},
+        has_encoder,
     ),
     Candidate(
         "cnn",
@@ -218,18 +220,18 @@ CANDIDATES: tuple[Candidate, ...] = (
         },
     ),
     Candidate(
-        "encoder_head",
-        "the pretrained encoder frozen, a head trained on its pooled features",
-        _head_only,
-        {"dropout": 0.1, "lr": 0.01, "batch_size": 32},
-        has_encoder,
-    ),
-    Candidate(
-        "encoder_finetune",
-        "the pretrained encoder fine-tuned, its lowest layers frozen",
-        _fine_tune,
-        {"epochs": 1, "freeze_layers": 5, "lr": 0.001, "batch_size": 32},
-        has_encoder,
+        "bag_words",
+        "fastText-style bag of words and hashed n-grams",
+        _bag(_word_tokenizer),
+        {
+            "num_words": 50000,
+            "embedding_dim": 64,
+            "ngrams": 2,
+            "buckets": 2**16,
+            "dropout": 0.0,
+            "lr": 0.003,
+            "batch_size": 32,
+        },
     ),
 )
 CANDIDATE_NAMES: tuple[str, ...] = tuple(c.name for c in CANDIDATES)
