@@ -283,3 +283,12 @@ def test_a_killed_tune_resumes_to_the_uninterrupted_leaderboard(tmp_path: Path) 
     ]
     journal = (killed / "journal.log").read_text()
     assert journal.count('"interrupted"') == 1  # the killed trial, run again in its slot
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_tune_trains_each_trial_on_nproc_ranks(tmp_path: Path) -> None:
+    config = _config(tmp_path, batch_size=16)
+    result = tune(config, trials=1, candidates=["cnn"], nproc=2, progress=lambda _: None)
+    assert result.best is not None and result.best.info["world_size"] == 2
+    assert result.leaderboard[0].state == "complete" and result.leaderboard[0].epochs >= 1

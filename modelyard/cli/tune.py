@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from modelyard.errors import RunError
@@ -14,6 +15,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set)
     from modelyard.search import tune
+    from modelyard.training.distributed import under_torchrun
+
+    if args.nproc is not None and under_torchrun(os.environ):
+        raise RunError("--nproc starts torchrun for each trial; run tune itself outside torchrun")
 
     candidates = [c.strip() for c in args.candidates.split(",")] if args.candidates else None
     result = tune(
@@ -23,6 +28,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         out_dir=args.out,
         candidates=candidates,
         seed=args.seed,
+        nproc=args.nproc or 1,
         progress=lambda line: print(line, flush=True),
     )
     print(f"report: {result.report}")
@@ -54,4 +60,10 @@ def add_tune_command(sub: Any) -> None:
         "encoder_head, encoder_finetune)",
     )
     p.add_argument("--seed", type=int, help="the sampler's seed (default: the config's)")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train each trial data-parallel in N processes on this machine (torchrun)",
+    )
     p.set_defaults(func=cmd_tune)

@@ -45,6 +45,7 @@ from modelyard.search.study import (
 )
 from modelyard.search.trial import TrialResult, run_trial
 from modelyard.tasks import get_task
+from modelyard.training.distributed import check_nproc
 from modelyard.training.evaluation import evaluate
 
 log = logging.getLogger("modelyard.search")
@@ -81,6 +82,7 @@ def tune(
     out_dir: str | Path | None = None,
     candidates: Sequence[str] | None = None,
     seed: int | None = None,
+    nproc: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> TuneResult:
     """Search the portfolio of candidates for the best model on ``config``'s data.
@@ -98,6 +100,9 @@ def tune(
         candidates: names from :data:`~modelyard.search.portfolio.CANDIDATE_NAMES` (default:
             every one that can run here).
         seed: the sampler's seed (default: the config's).
+        nproc: train each trial data-parallel in this many processes on this machine
+            (torchrun, as ``modelyard train --nproc``); pruning then reads each epoch's record
+            from the trial's ``metrics.jsonl``.
         progress: called with one line per trial (default: the log).
 
     Returns:
@@ -116,6 +121,8 @@ def tune(
         raise ConfigError(f"task {config.task!r}: tune searches the classifier families only")
     total_s = parse_duration(budget) if budget is not None else None
     chosen = select_candidates(config, candidates)
+    if nproc > 1:
+        check_nproc(nproc, config)
     seed = config.seed if seed is None else seed
     metric = task.monitor
     up = higher_is_better(metric.removeprefix("val_"))
@@ -143,6 +150,7 @@ def tune(
         with _quiet("modelyard.training"):
             _search(
                 study,
+                nproc,
                 config,
                 chosen,
                 clock,
@@ -185,6 +193,7 @@ def tune(
 
 def _search(
     study: optuna.Study,
+    nproc: int,
     base: Config,
     chosen: list[Candidate],
     clock: Budget,
@@ -220,7 +229,7 @@ def _search(
         data = config.data.model_copy(update={"test": None})
         train = config.train.model_copy(update={"max_time_s": limit, "progress": False})
         config = config.model_copy(update={"data": data, "train": train})
-        result = run_trial(config, trial, metric=metric, texts=texts)
+        result = run_trial(config, trial, metric=metric, texts=texts, nproc=nproc)
         _tell(study, trial, result, str(Path(config.output_dir) / config.name))
         study.set_user_attr("spent_s", clock.spent())
         say(_progress_line(slot, trials, clock, candidate.name, metric, result))

@@ -11,6 +11,7 @@ import logging
 import math
 import shutil
 import statistics
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,12 +20,15 @@ from typing import Any
 
 import optuna
 
-from modelyard.config import Config
-from modelyard.errors import ModelyardError
-from modelyard.runs import Run, RunPaths
+from modelyard.atomic import atomic_write_text
+from modelyard.config import Config, dump_config
+from modelyard.errors import ModelyardError, RunError
+from modelyard.metrics import higher_is_better
+from modelyard.runs import Run, RunPaths, read_history
 from modelyard.tokenize import encode, load_tokenizer, tokenizer_info
 from modelyard.training import train
 from modelyard.training.collate import TokenBatches, encoded_split
+from modelyard.training.distributed import torchrun_command
 from modelyard.training.predict import forward_logits, load_model
 from modelyard.training.state import Hooks, Session
 
@@ -80,7 +84,7 @@ def pruning(
 
 
 def run_trial(
-    config: Config, trial: optuna.Trial, *, metric: str, texts: Sequence[str]
+    config: Config, trial: optuna.Trial, *, metric: str, texts: Sequence[str], nproc: int = 1
 ) -> TrialResult:
     """Train ``config`` (its run directory is replaced) and measure it.
 
@@ -89,25 +93,31 @@ def run_trial(
         trial: the Optuna trial it reports to.
         metric: the validation record key it is scored by (``val_accuracy``).
         texts: texts to time the model on.
+        nproc: train data-parallel in this many processes (torchrun, as ``train --nproc``).
     """
     run_dir = Path(config.output_dir) / config.name
     shutil.rmtree(run_dir, ignore_errors=True)  # a killed tune's half-trained trial
     started = time.monotonic()
     pruned: list[int] = []
     first_epoch: list[float] = []
-    hooks = Hooks(after_epoch=[pruning(trial, metric, pruned, started, first_epoch)])
+    hook = pruning(trial, metric, pruned, started, first_epoch)
     try:
-        run = train(config, hooks=hooks)
+        if nproc > 1:
+            run = train_ranks(config, nproc, hook)
+        else:
+            run = train(config, hooks=Hooks(after_epoch=[hook]))
     except (ModelyardError, RuntimeError, ValueError) as exc:
         log.warning("trial %s failed: %s", config.name, exc)
         return TrialResult("failed", None, 0, time.monotonic() - started, error=str(exc))
     train_s = time.monotonic() - started
     first_s = first_epoch[0] if first_epoch else None
     _drop_resume_state(run.paths)
-    best = run.info.get("best_score")
-    if not run.history or best is None or not math.isfinite(float(best)):
+    scores = [float(r[metric]) for r in run.history if r.get(metric) is not None]
+    scores = [v for v in scores if math.isfinite(v)]
+    if not scores:
         reason = "no epoch finished in its time" if not run.history else f"no finite {metric}"
         return TrialResult("failed", None, len(run.history), train_s, first_s, error=reason)
+    best = max(scores) if higher_is_better(metric.removeprefix("val_")) else min(scores)
     size_mb = run.paths.weights("best").stat().st_size / 1e6
     return TrialResult(
         "pruned" if pruned else "complete",
@@ -118,6 +128,42 @@ def run_trial(
         size_mb=size_mb,
         latency_ms=measure_latency(run, texts),
     )
+
+
+def train_ranks(config: Config, nproc: int, hook: Any, poll_s: float = 0.5) -> Run:
+    """Train ``config`` as ``nproc`` ranks under torchrun (``modelyard train --nproc``), feeding
+    each epoch's record, as rank 0 writes it to ``metrics.jsonl``, to ``hook``; when the hook
+    says stop (pruned), the ranks are stopped there (SIGTERM; the best checkpoint stays).
+
+    Raises:
+        RunError: the ranks failed.
+    """
+    run_dir = Path(config.output_dir) / config.name
+    config_file = Path(config.output_dir) / f"{config.name}.yaml"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(config_file, dump_config(config))
+    cmd = torchrun_command(["--log-level", "warning", "train", str(config_file)], nproc)
+    seen, stopped = 0, False
+    log_file = Path(config.output_dir) / f"{config.name}.log"  # the ranks' stderr
+    with (
+        log_file.open("w") as err,
+        subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err) as proc,
+    ):
+        while True:
+            done = proc.poll() is not None
+            records = read_history(RunPaths(run_dir).metrics) if run_dir.is_dir() else []
+            for record in records[seen:]:
+                if not stopped and hook(None, record):
+                    proc.terminate()  # torchrun passes it on to the ranks
+                    stopped = True
+            seen = len(records)
+            if done:
+                break
+            time.sleep(poll_s)
+    if proc.returncode != 0 and not stopped:
+        tail = log_file.read_text(encoding="utf-8", errors="replace").strip()[-2000:]
+        raise RunError(f"{nproc} ranks failed (exit {proc.returncode}): {tail}")
+    return Run.load(run_dir)
 
 
 def _drop_resume_state(paths: RunPaths) -> None:
