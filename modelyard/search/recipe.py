@@ -229,7 +229,12 @@ def _search(
         data = config.data.model_copy(update={"test": None})
         train = config.train.model_copy(update={"max_time_s": limit, "progress": False})
         config = config.model_copy(update={"data": data, "train": train})
-        result = run_trial(config, trial, metric=metric, texts=texts, nproc=nproc)
+        # past its time, a trial has half the reserve to finish what does not stop between
+        # steps (a validation, a head-only run's features); then it is stopped wherever it is
+        hard = None if limit is None else limit + float(clock.reserve_s or 0.0) / 2
+        result = run_trial(
+            config, trial, metric=metric, texts=texts, nproc=nproc, hard_limit_s=hard
+        )
         _tell(study, trial, result, str(Path(config.output_dir) / config.name))
         study.set_user_attr("spent_s", clock.spent())
         say(_progress_line(slot, trials, clock, candidate.name, metric, result))

@@ -7,13 +7,17 @@ is scored once, for the winner (:mod:`.recipe`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import shutil
+import signal
 import statistics
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,8 +87,42 @@ def pruning(
     return hook
 
 
+class OutOfTime(RunError):
+    """A trial ran past its hard limit (a setup or a validation longer than its time)."""
+
+
+@contextlib.contextmanager
+def hard_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`OutOfTime` in this (the main) thread once ``seconds`` have passed.
+
+    ``train.max_time_s`` stops a run between steps; what runs outside the steps (loading an
+    encoder, a head-only run's features, a validation) can overrun it: this bounds the rest.
+    Without a limit, or off the main thread (no signals there), it does nothing.
+    """
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise OutOfTime(f"ran past its hard limit of {seconds:.1f} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def run_trial(
-    config: Config, trial: optuna.Trial, *, metric: str, texts: Sequence[str], nproc: int = 1
+    config: Config,
+    trial: optuna.Trial,
+    *,
+    metric: str,
+    texts: Sequence[str],
+    nproc: int = 1,
+    hard_limit_s: float | None = None,
 ) -> TrialResult:
     """Train ``config`` (its run directory is replaced) and measure it.
 
@@ -94,6 +132,8 @@ def run_trial(
         metric: the validation record key it is scored by (``val_accuracy``).
         texts: texts to time the model on.
         nproc: train data-parallel in this many processes (torchrun, as ``train --nproc``).
+        hard_limit_s: past this (``train.max_time_s`` and a grace), the trial is stopped
+            wherever it is and fails (``None``: no limit).
     """
     run_dir = Path(config.output_dir) / config.name
     shutil.rmtree(run_dir, ignore_errors=True)  # a killed tune's half-trained trial
@@ -103,9 +143,10 @@ def run_trial(
     hook = pruning(trial, metric, pruned, started, first_epoch)
     try:
         if nproc > 1:
-            run = train_ranks(config, nproc, hook)
+            run = train_ranks(config, nproc, hook, hard_limit_s=hard_limit_s)
         else:
-            run = train(config, hooks=Hooks(after_epoch=[hook]))
+            with hard_limit(hard_limit_s):
+                run = train(config, hooks=Hooks(after_epoch=[hook]))
     except (ModelyardError, RuntimeError, ValueError) as exc:
         log.warning("trial %s failed: %s", config.name, exc)
         return TrialResult("failed", None, 0, time.monotonic() - started, error=str(exc))
@@ -130,14 +171,23 @@ def run_trial(
     )
 
 
-def train_ranks(config: Config, nproc: int, hook: Any, poll_s: float = 0.5) -> Run:
+def train_ranks(
+    config: Config,
+    nproc: int,
+    hook: Any,
+    *,
+    hard_limit_s: float | None = None,
+    poll_s: float = 0.5,
+) -> Run:
     """Train ``config`` as ``nproc`` ranks under torchrun (``modelyard train --nproc``), feeding
     each epoch's record, as rank 0 writes it to ``metrics.jsonl``, to ``hook``; when the hook
     says stop (pruned), the ranks are stopped there (SIGTERM; the best checkpoint stays).
 
     Raises:
         RunError: the ranks failed.
+        OutOfTime: they ran past ``hard_limit_s`` (then killed).
     """
+    started = time.monotonic()
     run_dir = Path(config.output_dir) / config.name
     config_file = Path(config.output_dir) / f"{config.name}.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
@@ -145,25 +195,37 @@ def train_ranks(config: Config, nproc: int, hook: Any, poll_s: float = 0.5) -> R
     cmd = torchrun_command(["--log-level", "warning", "train", str(config_file)], nproc)
     seen, stopped = 0, False
     log_file = Path(config.output_dir) / f"{config.name}.log"  # the ranks' stderr
+    # in a session of their own: torchrun and its ranks are stopped together, as a group
     with (
         log_file.open("w") as err,
-        subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err) as proc,
+        subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
+        ) as proc,
     ):
         while True:
             done = proc.poll() is not None
             records = read_history(RunPaths(run_dir).metrics) if run_dir.is_dir() else []
             for record in records[seen:]:
                 if not stopped and hook(None, record):
-                    proc.terminate()  # torchrun passes it on to the ranks
+                    _signal_group(proc, signal.SIGTERM)
                     stopped = True
             seen = len(records)
             if done:
                 break
+            if hard_limit_s is not None and time.monotonic() - started > hard_limit_s:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+                raise OutOfTime(f"ran past its hard limit of {hard_limit_s:.1f} s")
             time.sleep(poll_s)
     if proc.returncode != 0 and not stopped:
         tail = log_file.read_text(encoding="utf-8", errors="replace").strip()[-2000:]
         raise RunError(f"{nproc} ranks failed (exit {proc.returncode}): {tail}")
     return Run.load(run_dir)
+
+
+def _signal_group(proc: subprocess.Popen[Any], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signum)
 
 
 def _drop_resume_state(paths: RunPaths) -> None:
