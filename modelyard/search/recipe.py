@@ -209,6 +209,9 @@ def _search(
     by_name = {c.name: c for c in chosen}
     first = [{"candidate": c.name, **c.fixed_params()} for c in chosen]
     while trials is None or len(finished_trials(study)) < trials:
+        if clock.for_trial() == 0.0:  # not even a trial of unknown length fits
+            say(f"budget spent: {format_duration(clock.spent())}")
+            return
         trial = ask(study, seed=seed, first_params=first)
         candidate = by_name[trial.suggest_categorical("candidate", names)]
         trial.set_user_attr(CANDIDATE, candidate.name)
