@@ -29,7 +29,7 @@ from modelyard.data import load_splits
 from modelyard.errors import ConfigError, RunError
 from modelyard.metrics import higher_is_better
 from modelyard.runs import Run
-from modelyard.search.budget import Budget, format_duration, parse_duration
+from modelyard.search.budget import Budget, format_duration, parse_duration, reserve_for
 from modelyard.search.leaderboard import Entry, format_board, rank, winner, write_board
 from modelyard.search.page import write_tune_report
 from modelyard.search.portfolio import Candidate, select_candidates, trial_config
@@ -146,7 +146,9 @@ def tune(
                 "continue it with those, or tune into another directory"
             )
         clock = Budget(total_s, spent_before_s=float(study.user_attrs.get("spent_s", 0.0)))
-        texts = load_splits(config).validation.texts
+        splits = load_splits(config)
+        texts = splits.validation.texts
+        n_test = len(splits.test) if splits.test is not None else 0
         with _quiet("modelyard.training"):
             _search(
                 study,
@@ -159,6 +161,8 @@ def tune(
                 metric=metric,
                 tune_dir=tune_dir,
                 texts=texts,
+                n_test=n_test,
+                up=up,
                 say=say,
             )
             board = rank(entries(study, chosen), higher_is_better=up)
@@ -203,12 +207,16 @@ def _search(
     metric: str,
     tune_dir: Path,
     texts: Sequence[str],
+    n_test: int,
+    up: bool,
     say: Callable[[str], None],
 ) -> None:
     names = [c.name for c in chosen]
     by_name = {c.name: c for c in chosen}
     first = [{"candidate": c.name, **c.fixed_params()} for c in chosen]
     while trials is None or len(finished_trials(study)) < trials:
+        if total_s := clock.total_s:  # the winner's test scoring must fit at the end
+            clock.reserve_s = max(reserve_for(total_s), _scoring_s(study, n_test, up))
         if clock.for_trial() == 0.0:  # not even a trial of unknown length fits
             say(f"budget spent: {format_duration(clock.spent())}")
             return
@@ -254,6 +262,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, run_dir
         "run_dir": run_dir,
         "error": result.error,
         "score": result.score,
+        "sample_s": result.sample_s,
     }
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
@@ -263,6 +272,16 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, run_dir
         study.tell(trial, state=TrialState.PRUNED)
     else:
         study.tell(trial, state=TrialState.FAIL)
+
+
+def _scoring_s(study: optuna.Study, n_test: int, up: bool) -> float:
+    """What scoring the best trial so far on the test file may take: its training time per
+    sample (a forward pass costs less) times the test texts, and a few seconds for the report."""
+    done = [t for t in finished_trials(study) if t.state == TrialState.COMPLETE]
+    if not done or not n_test:
+        return 0.0
+    best = (max if up else min)(done, key=lambda t: float(t.value or 0.0))
+    return float(best.user_attrs.get("sample_s") or 0.0) * n_test + 3.0
 
 
 def _shortest(study: optuna.Study, candidate: str) -> float:

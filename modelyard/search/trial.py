@@ -63,6 +63,7 @@ class TrialResult:
     size_mb: float | None = None
     latency_ms: float | None = None
     error: str | None = None
+    sample_s: float | None = None  # training seconds per sample (epochs' mean)
 
 
 def pruning(
@@ -168,7 +169,13 @@ def run_trial(
         first_s,
         size_mb=size_mb,
         latency_ms=measure_latency(run, texts),
+        sample_s=_seconds_per_sample(run.history),
     )
+
+
+def _seconds_per_sample(history: Sequence[dict[str, Any]]) -> float | None:
+    rates = [float(r["samples_per_s"]) for r in history if r.get("samples_per_s")]
+    return sum(1 / r for r in rates) / len(rates) if rates else None
 
 
 def train_ranks(

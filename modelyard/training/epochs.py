@@ -141,11 +141,15 @@ def train_epoch(loop: Loop, epoch: int, *, max_steps: int | None = None) -> None
 
 
 def out_of_time(loop: Loop) -> bool:
-    """Whether the loop's deadline (``train.max_time_s``) has passed: rank 0's clock decides for
-    every rank, so all stop at the same step."""
+    """Whether the loop's deadline (``train.max_time_s``) leaves no room for another step and
+    the validation after it: a validation is costed as the epoch's training time per sample
+    times the validation split (a forward pass costs less than a step). Rank 0's clock decides
+    for every rank, so all stop at the same step."""
     if loop.deadline is None:
         return False
-    return bool(broadcast(time.monotonic() >= loop.deadline, loop.world))
+    p = loop.progress
+    validation_s = p.elapsed_s / p.seen * len(loop.data.validation) if p.seen else 0.0
+    return bool(broadcast(time.monotonic() + validation_s >= loop.deadline, loop.world))
 
 
 def mid_epoch_checkpoints(session: Session, every: int) -> AfterStep:
