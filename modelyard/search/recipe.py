@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,7 @@ def tune(
         ConfigError: neither ``budget`` nor ``trials``; an unknown candidate; a generative task.
         RunError: another tune runs in ``out_dir``, or it was started with other settings.
     """
+    started = time.monotonic()  # the budget counts from here
     if budget is None and trials is None:
         raise ConfigError("give a time budget (e.g. 20m), a number of trials, or both")
     if trials is not None and trials < 1:
@@ -145,7 +147,8 @@ def tune(
                 f"{tune_dir}: this tune was started with {started_with}, not {settings}; "
                 "continue it with those, or tune into another directory"
             )
-        clock = Budget(total_s, spent_before_s=float(study.user_attrs.get("spent_s", 0.0)))
+        spent_before = float(study.user_attrs.get("spent_s", 0.0))
+        clock = Budget(total_s, spent_before_s=spent_before, started=started)
         splits = load_splits(config)
         texts = splits.validation.texts
         n_test = len(splits.test) if splits.test is not None else 0
@@ -165,7 +168,7 @@ def tune(
                 up=up,
                 say=say,
             )
-            board = rank(entries(study, chosen), higher_is_better=up)
+            board = rank(entries(study), higher_is_better=up)
             best = _score_winner(board, config, up)
         study.set_user_attr("spent_s", clock.spent())
         primary = metric.removeprefix("val_")
@@ -306,7 +309,7 @@ def _progress_line(
     return f"[{where}] {candidate:<16} {metric} {score}  {r.epochs} epochs {r.train_s:.1f}s{note}"
 
 
-def entries(study: optuna.Study, chosen: Sequence[Candidate]) -> list[Entry]:
+def entries(study: optuna.Study) -> list[Entry]:
     """The leaderboard rows of the study's finished trials, in slot order."""
     return [_entry(t) for t in finished_trials(study)]
 
