@@ -151,6 +151,14 @@ def test_a_hard_limit_stops_what_runs_past_it() -> None:
         pass
     with hard_limit(None):
         time.sleep(0.01)
+    # an alarm set before (pytest-timeout's) is put back, less the time gone
+    signal.setitimer(signal.ITIMER_REAL, 100.0)
+    try:
+        with hard_limit(1.0):
+            time.sleep(0.2)
+        assert 99.0 < signal.getitimer(signal.ITIMER_REAL)[0] < 100.0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 # ------------------------------------------------------------------------ the training hooks
