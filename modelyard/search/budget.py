@@ -17,6 +17,8 @@ from modelyard.errors import ConfigError
 
 # the most of the budget one trial may take: one slow candidate never spends the whole search
 TRIAL_SHARE = 0.5
+# the least a trial is started with, whatever its candidate has shown
+MIN_TRIAL_SHARE = 0.02
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smh])")
 

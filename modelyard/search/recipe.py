@@ -30,7 +30,13 @@ from modelyard.data import load_splits
 from modelyard.errors import ConfigError, RunError
 from modelyard.metrics import higher_is_better
 from modelyard.runs import Run
-from modelyard.search.budget import Budget, format_duration, parse_duration, reserve_for
+from modelyard.search.budget import (
+    MIN_TRIAL_SHARE,
+    Budget,
+    format_duration,
+    parse_duration,
+    reserve_for,
+)
 from modelyard.search.leaderboard import Entry, format_board, rank, winner, write_board
 from modelyard.search.page import write_tune_report
 from modelyard.search.portfolio import Candidate, select_candidates, trial_config
@@ -226,7 +232,7 @@ def _search(
         trial = ask(study, seed=seed, first_params=first)
         candidate = by_name[trial.suggest_categorical("candidate", names)]
         trial.set_user_attr(CANDIDATE, candidate.name)
-        limit = clock.for_trial(_shortest(study, candidate.name))
+        limit = clock.for_trial(_shortest(study, candidate.name, clock.total_s))
         if limit == 0.0:  # it could not finish: left for a tune that goes on with more time
             trial.set_user_attr(INTERRUPTED, True)
             study.tell(trial, state=TrialState.FAIL)
@@ -287,14 +293,18 @@ def _scoring_s(study: optuna.Study, n_test: int, up: bool) -> float:
     return float(best.user_attrs.get("sample_s") or 0.0) * n_test + 3.0
 
 
-def _shortest(study: optuna.Study, candidate: str) -> float:
-    """The shortest time to a first validation a trial of ``candidate`` has taken (0: none yet)."""
-    times = [
-        float(t.user_attrs["first_epoch_s"])
+def _shortest(study: optuna.Study, candidate: str, total_s: float | None) -> float:
+    """The least time a trial of ``candidate`` needs: the shortest it has taken to a first
+    validation; for a candidate not run yet, the shortest any has taken; and at least
+    :data:`~.budget.MIN_TRIAL_SHARE` of the budget."""
+    firsts = [
+        (t.user_attrs.get(CANDIDATE), float(t.user_attrs["first_epoch_s"]))
         for t in finished_trials(study)
-        if t.user_attrs.get(CANDIDATE) == candidate and t.user_attrs.get("first_epoch_s")
+        if t.user_attrs.get("first_epoch_s")
     ]
-    return min(times, default=0.0)
+    mine = [seconds for name, seconds in firsts if name == candidate]
+    own = min(mine) if mine else min((seconds for _, seconds in firsts), default=0.0)
+    return max(own, MIN_TRIAL_SHARE * (total_s or 0.0))
 
 
 def _progress_line(
