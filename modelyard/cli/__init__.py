@@ -2,7 +2,9 @@
 
 Each subcommand parses its flags, resolves the environment once, and calls one API function.
 Heavy modules (torch, onnxruntime) are imported inside the command that needs them, so that
-``modelyard serve`` and ``modelyard predict models/...`` never import torch.
+``modelyard serve`` and ``modelyard predict models/...`` never import torch. This module holds
+the parser and most commands; :mod:`.bundles` the bundle commands (export, compress, promote,
+aliases), :mod:`.tune` the search.
 """
 
 from __future__ import annotations
