@@ -113,6 +113,31 @@ def test_candidates_are_chosen_by_name(tmp_path: Path) -> None:
         select_candidates(base, ["svm"])
 
 
+@pytest.mark.unit
+def test_the_least_time_a_trial_is_started_with() -> None:
+    from modelyard.search.recipe import least_time
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    assert least_time(study, "cnn", None) == 0.0  # nothing known: any time will do
+    assert least_time(study, "cnn", 1000.0) == 20.0  # but at least 2% of the budget
+    for slot, (name, attrs) in enumerate(
+        [
+            ("cnn", {"first_epoch_s": 8.0}),
+            ("cnn", {"first_epoch_s": 6.0}),
+            ("bag_words", {"first_epoch_s": 3.0}),
+            ("encoder_head", {"needs_s": 150.0}),  # ran out of time before a first validation
+        ]
+    ):
+        trial = study.ask()
+        for key, value in {"slot": slot, "candidate": name, **attrs}.items():
+            trial.set_user_attr(key, value)
+        study.tell(trial, 0.5)
+    assert least_time(study, "cnn", None) == 6.0  # its own shortest
+    assert least_time(study, "encoder_finetune", None) == 3.0  # untried: the fastest of any
+    assert least_time(study, "encoder_head", None) == 150.0  # more than it had
+
+
 def _entry(slot: int, state: str, score: float | None) -> Entry:
     return Entry(slot=slot, candidate="cnn", params={}, state=state, score=score)
 

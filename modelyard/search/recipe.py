@@ -232,7 +232,7 @@ def _search(
         trial = ask(study, seed=seed, first_params=first)
         candidate = by_name[trial.suggest_categorical("candidate", names)]
         trial.set_user_attr(CANDIDATE, candidate.name)
-        limit = clock.for_trial(_shortest(study, candidate.name, clock.total_s))
+        limit = clock.for_trial(least_time(study, candidate.name, clock.total_s))
         if limit == 0.0:  # it could not finish: left for a tune that goes on with more time
             trial.set_user_attr(INTERRUPTED, True)
             study.tell(trial, state=TrialState.FAIL)
@@ -272,6 +272,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, run_dir
         "error": result.error,
         "score": result.score,
         "sample_s": result.sample_s,
+        "needs_s": result.needs_s,
     }
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
@@ -293,17 +294,25 @@ def _scoring_s(study: optuna.Study, n_test: int, up: bool) -> float:
     return float(best.user_attrs.get("sample_s") or 0.0) * n_test + 3.0
 
 
-def _shortest(study: optuna.Study, candidate: str, total_s: float | None) -> float:
+def least_time(study: optuna.Study, candidate: str, total_s: float | None) -> float:
     """The least time a trial of ``candidate`` needs: the shortest it has taken to a first
-    validation; for a candidate not run yet, the shortest any has taken; and at least
+    validation; for a candidate not run yet, the shortest any has taken; more than a trial of
+    it ran before running out of time without one; and at least
     :data:`~.budget.MIN_TRIAL_SHARE` of the budget."""
+    done = finished_trials(study)
     firsts = [
         (t.user_attrs.get(CANDIDATE), float(t.user_attrs["first_epoch_s"]))
-        for t in finished_trials(study)
+        for t in done
         if t.user_attrs.get("first_epoch_s")
     ]
     mine = [seconds for name, seconds in firsts if name == candidate]
     own = min(mine) if mine else min((seconds for _, seconds in firsts), default=0.0)
+    short = [
+        float(t.user_attrs["needs_s"])
+        for t in done
+        if t.user_attrs.get(CANDIDATE) == candidate and t.user_attrs.get("needs_s")
+    ]
+    own = max([own, *short])
     return max(own, MIN_TRIAL_SHARE * (total_s or 0.0))
 
 

@@ -64,6 +64,7 @@ class TrialResult:
     latency_ms: float | None = None
     error: str | None = None
     sample_s: float | None = None  # training seconds per sample (epochs' mean)
+    needs_s: float | None = None  # out of time before a first validation: it needs more
 
 
 def pruning(
@@ -158,7 +159,10 @@ def run_trial(
                 run = train(config, hooks=Hooks(after_epoch=[hook]))
     except (ModelyardError, RuntimeError, ValueError) as exc:
         log.warning("trial %s failed: %s", config.name, exc)
-        return TrialResult("failed", None, 0, time.monotonic() - started, error=str(exc))
+        took = time.monotonic() - started
+        # under a time limit, no first validation: it needs more than it had
+        needs = took if config.train.max_time_s is not None and not first_epoch else None
+        return TrialResult("failed", None, 0, took, error=str(exc), needs_s=needs)
     train_s = time.monotonic() - started
     first_s = first_epoch[0] if first_epoch else None
     _drop_resume_state(run.paths)
