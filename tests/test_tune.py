@@ -61,7 +61,7 @@ def test_bad_durations_are_config_errors(text: str) -> None:
 
 @pytest.mark.unit
 def test_budget_arithmetic() -> None:
-    assert reserve_for(1200) == 60 and reserve_for(10) == 3
+    assert reserve_for(1200) == 60 and reserve_for(10) == 5
     clock = Budget(100.0, spent_before_s=10.0, started=1000.0)
     assert clock.spent(now=1020.0) == 30.0
     assert clock.left(now=1020.0) == 70.0
@@ -271,9 +271,9 @@ def test_a_tiny_tune_picks_a_winner_scored_once_on_the_test_file(tmp_path: Path)
 def test_tune_respects_its_budget(tmp_path: Path) -> None:
     config = _config(tmp_path)
     started = time.monotonic()
-    result = tune(config, budget="15s", candidates=FAST.split(","), progress=lambda _: None)
+    result = tune(config, budget="20s", candidates=FAST.split(","), progress=lambda _: None)
     took = time.monotonic() - started
-    assert 0.9 * 15 <= took <= 1.1 * 15, took
+    assert 0.9 * 20 <= took <= 1.1 * 20, took
     assert len(result.leaderboard) >= 2 and result.best is not None
     assert abs(result.spent_s - took) < 1.0
 

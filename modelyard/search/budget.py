@@ -57,9 +57,10 @@ def format_duration(seconds: float) -> str:
 
 
 def reserve_for(total_s: float) -> float:
-    """What a budget keeps for its last step: 5%, at least 3 s (the winner's test scoring and
-    the report; a trial's last validation past its deadline comes out of it too)."""
-    return max(3.0, 0.05 * total_s)
+    """What a budget keeps for its last step: 5%, at least 5 s (the winner's test scoring, its
+    plots and the report, seconds on a busy machine; a trial's last validation past its
+    deadline comes out of it too)."""
+    return max(5.0, 0.05 * total_s)
 
 
 @dataclass
