@@ -95,6 +95,7 @@ def open_study(
     if study.direction.name.lower() != direction:
         raise RunError(f"{tune_dir}: this tune was started for another task or metric")
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        # a FrozenTrial keeps its storage id private; the storage's API is by that id
         storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         log.info("trial %s (slot %s) was interrupted: it runs again", trial.number, _slot(trial))
