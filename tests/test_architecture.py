@@ -154,8 +154,9 @@ def test_public_api_functions_stay_functions_after_their_stations_load() -> None
         """
         import modelyard
         import modelyard.training, modelyard.exporters, modelyard.serving, modelyard.choice
-        import modelyard.training.evaluation
-        for name in ("train", "export", "evaluate", "serve", "choose", "load", "run_pipeline"):
+        import modelyard.training.evaluation, modelyard.search
+        names = ("train", "export", "evaluate", "serve", "choose", "load", "run_pipeline", "tune")
+        for name in names:
             obj = getattr(modelyard, name)
             assert callable(obj) and not isinstance(obj, type(modelyard)), (name, obj)
         print("ok")
@@ -182,6 +183,7 @@ def test_how_to_add_lists_name_files_and_registries_that_exist() -> None:
         "a task",
         "a model family",
         "an export format",
+        "a tune candidate",
         "a serving route",
         "a generation engine",
     }
