@@ -24,6 +24,7 @@ _LAZY = {
     "Prediction": "modelyard.runtime",
     "serve": "modelyard.serving",
     "run_pipeline": "modelyard.pipeline",
+    "tune": "modelyard.search",
     "choose": "modelyard.choice",
 }
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from modelyard.errors import BundleError
+from modelyard.generation_spec import GenerationSpec
 from modelyard.staging import make_staging_dir, remove_stale_staging
 from modelyard.tasks import TASKS
 from modelyard.versions import (
@@ -69,43 +70,6 @@ class FileEntry:
 
     size: int
     sha256: str
-
-
-@dataclass(frozen=True)
-class GenerationSpec:
-    """What a generative bundle (task ``generation``) says about how it answers.
-
-    Attributes:
-        engine: the engine that runs ``model_file`` (``llama.cpp``).
-        context_length: tokens of context per request, prompt and answer together.
-        chat_template: the Jinja chat template the prompt of a chat is rendered with (also in
-            the model file's metadata); ``None``: the model takes plain prompts only.
-        stop_tokens: the tokens that end an answer (end of turn, end of text).
-        base_model: what the run fine-tuned (a directory, GGUF file or ``package:NAME``).
-        licence: the base model's licence as its source states it (``None``: not stated).
-        quantization: how the weights are stored (``f32``, ``f16``, ``q8_0``, ``q4_0``).
-    """
-
-    engine: str
-    context_length: int
-    chat_template: str | None
-    stop_tokens: list[str]
-    base_model: str
-    licence: str | None
-    quantization: str
-
-    def problems(self) -> list[str]:
-        """What is wrong with the values (a manifest edited by hand)."""
-        problems = []
-        if not _is_int(self.context_length) or self.context_length < 1:
-            problems.append(f"context_length must be a positive integer: {self.context_length!r}")
-        if not isinstance(self.stop_tokens, list) or not all(
-            isinstance(t, str) for t in self.stop_tokens
-        ):
-            problems.append("stop_tokens must be a list of strings")
-        if self.chat_template is not None and not isinstance(self.chat_template, str):
-            problems.append("chat_template must be a string or null")
-        return problems
 
 
 @dataclass(frozen=True)

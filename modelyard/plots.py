@@ -1,4 +1,4 @@
-"""Report plots as PNG files: confusion matrix and learning curves.
+"""Report plots as PNG files: confusion matrix, learning curves, a tune's trials.
 
 Figures are drawn on the Agg canvas directly (no pyplot), so plotting never needs a display, never
 touches pyplot's global figure list and works from threads.
@@ -101,6 +101,50 @@ def plot_learning_curves(
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="best")
     fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_trials(
+    trials: Sequence[tuple[str, float, float, str]],
+    path: str | Path,
+    *,
+    metric: str,
+    title: str = "Trials",
+) -> Path:
+    """Each trial of a tune as a point: training time against validation score, one colour per
+    candidate; pruned trials hollow, the winner ringed.
+
+    Args:
+        trials: ``(candidate, train seconds, validation score, state)``, the winner first; state
+            ``complete`` or ``pruned`` (others are left out).
+        path: the PNG to write.
+        metric: the score's name, for the axis.
+
+    Returns:
+        The written path.
+    """
+    fig = Figure(figsize=(8, 4.5))
+    fig.subplots_adjust(left=0.1, right=0.7, bottom=0.12, top=0.9)
+    ax = fig.add_subplot()
+    names = list(dict.fromkeys(t[0] for t in trials))
+    colours = {n: f"C{i % 10}" for i, n in enumerate(names)}
+    for name in names:
+        for state, face in (("complete", colours[name]), ("pruned", "none")):
+            points = [(s, v) for c, s, v, st in trials if c == name and st == state]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                label = name if state == "complete" else f"{name} (pruned)"
+                ax.scatter(xs, ys, s=36, facecolors=face, edgecolors=colours[name], label=label)
+    if trials and trials[0][3] == "complete":
+        _, seconds, score, _ = trials[0]
+        ax.scatter([seconds], [score], s=180, facecolors="none", edgecolors="black", label="best")
+    ax.set_xscale("log")
+    ax.set_xlabel("training time (s, log scale)")
+    ax.set_ylabel(f"validation {metric}")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    ax.set_title(title)
     return save_figure(fig, path)
 
 

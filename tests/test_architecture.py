@@ -154,8 +154,9 @@ def test_public_api_functions_stay_functions_after_their_stations_load() -> None
         """
         import modelyard
         import modelyard.training, modelyard.exporters, modelyard.serving, modelyard.choice
-        import modelyard.training.evaluation
-        for name in ("train", "export", "evaluate", "serve", "choose", "load", "run_pipeline"):
+        import modelyard.training.evaluation, modelyard.search
+        names = ("train", "export", "evaluate", "serve", "choose", "load", "run_pipeline", "tune")
+        for name in names:
             obj = getattr(modelyard, name)
             assert callable(obj) and not isinstance(obj, type(modelyard)), (name, obj)
         print("ok")
@@ -178,7 +179,14 @@ def test_how_to_add_lists_name_files_and_registries_that_exist() -> None:
     """Each "how to add" list names files that exist (a `<name>` placeholder: its folder) and
     each "one `X` line in `file`" names a registry that file really holds."""
     lists = _how_to_add()
-    assert set(lists) == {"a task", "a model family", "an export format", "a serving route"}
+    assert set(lists) == {
+        "a task",
+        "a model family",
+        "an export format",
+        "a tune candidate",
+        "a serving route",
+        "a generation engine",
+    }
     for name, body in lists.items():
         paths = re.findall(r"`(modelyard/[^`]*)`", body)
         assert paths, name

@@ -91,6 +91,14 @@ class ServeConfig(StrictModel):
     # Ray Serve (`serve --ray`): this many replicas, autoscaled up to max_replicas when higher
     replicas: int = Field(1, ge=1)
     max_replicas: int | None = Field(None, ge=1)
+    # generative bundles: requests decoded together per model (llama.cpp's slots), how many more
+    # may wait for a slot (past that: 503 at once), each request's deadline, llama.cpp's threads
+    # (unset: every core) and the context per request (unset: the bundle's)
+    generation_slots: int = Field(4, ge=1)
+    generation_max_waiting: int = Field(16, ge=0)
+    generation_timeout_s: float = Field(300.0, gt=0.0)
+    generation_threads: int | None = Field(None, ge=1)
+    generation_context_length: int | None = Field(None, ge=16)
     # the web page at / (models, try it, live figures) and the API description at /docs
     ui: bool = True
 
@@ -127,6 +135,11 @@ _FLAG_HELP = {
     "providers": "ONNX Runtime execution provider: cpu (default), cuda, auto",
     "replicas": "with --ray: this many replicas (default 1)",
     "max_replicas": "with --ray: autoscale up to this many",
+    "generation_slots": "generative models: requests decoded together per model (default 4)",
+    "generation_max_waiting": "generative models: requests waiting for a slot before a 503",
+    "generation_timeout_s": "generative models: each request's deadline (default 300)",
+    "generation_threads": "generative models: llama.cpp's threads (default: every core)",
+    "generation_context_length": "generative models: context per request (default: the bundle's)",
     "ui": "the web page at / and the API docs at /docs (default: on)",
 }
 

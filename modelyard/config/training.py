@@ -74,6 +74,9 @@ class TrainConfig(StrictModel):
     num_threads: int | None = Field(None, ge=1)
     tensorboard: bool = False
     progress: bool = True
+    # a time limit from the start of ``train`` (setup included): no step starts past it, and
+    # the epoch it cuts short is validated like any (``modelyard tune`` bounds each trial so)
+    max_time_s: float | None = Field(None, gt=0.0)
 
     @field_validator("loss", mode="before")
     @classmethod

@@ -39,6 +39,8 @@ class Operation:
     media: str = JSON
     request: str | None = None  # "predict" or "infer": a schema built with the server's limits
     others: dict[str, s.Schema] = field(default_factory=dict)  # more statuses with their bodies
+    body: s.Schema | None = None  # a request schema that does not depend on the limits
+    error: s.Schema = field(default_factory=lambda: s.ERROR)  # what a 4xx/5xx carries
 
 
 _V2_PREDICT = "Open Inference Protocol (KServe v2)"
@@ -71,6 +73,20 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/v2/models/{name}/versions/{version}/ready"): Operation(
         "Model version readiness", "v2", s.READY, others=_NOT_READY
     ),
+    ("POST", "/v1/chat/completions"): Operation(
+        "OpenAI chat completion (a generative model); stream: true answers server-sent events",
+        "openai",
+        s.COMPLETION_RESPONSE,
+        body=s.CHAT_REQUEST,
+        error=s.OPENAI_ERROR,
+    ),
+    ("POST", "/v1/completions"): Operation(
+        "OpenAI text completion (a generative model); stream: true answers server-sent events",
+        "openai",
+        s.COMPLETION_RESPONSE,
+        body=s.COMPLETION_REQUEST,
+        error=s.OPENAI_ERROR,
+    ),
     ("GET", "/metrics"): Operation("Prometheus metrics", "server", None, PROMETHEUS),
     ("GET", "/openapi.json"): Operation("This description", "server", s.OPENAPI),
     ("GET", "/"): Operation("The server's page", "page", None, HTML),
@@ -96,15 +112,19 @@ def _operation(path: str, op: Operation, limits: Limits) -> dict[str, Any]:
     }
     if op.request == "infer":  # binary outputs asked for: JSON header, then the tensors' bytes
         responses["200"]["content"]["application/octet-stream"] = {"schema": {"type": "string"}}
+    if op.body is not None:  # OpenAI's routes: stream: true answers server-sent events
+        responses["200"]["content"]["text/event-stream"] = {"schema": {"type": "string"}}
     for status, body in op.others.items():
         responses[status] = {"description": "not ready", "content": _content(JSON, body)}
-    responses["default"] = {"description": "an error", "content": _content(JSON, s.ERROR)}
+    responses["default"] = {"description": "an error", "content": _content(JSON, op.error)}
     out: dict[str, Any] = {"summary": op.summary, "tags": [op.tag], "responses": responses}
     names = [p for p in _PARAMETERS if "{" + p + "}" in path]
     if names:
         out["parameters"] = [
             {"name": p, "in": "path", "required": True, "schema": _PARAMETERS[p]} for p in names
         ]
+    if op.body is not None:
+        out["requestBody"] = {"required": True, "content": {JSON: {"schema": op.body}}}
     if op.request is not None:
         schema = (
             s.predict_request(limits)

@@ -255,3 +255,91 @@ STATS: Schema = {
     },
 }
 OPENAPI: Schema = {"type": "object", "required": ["openapi", "paths"]}
+
+
+# ----------------------------------------------------------------------- OpenAI (generative)
+# What :func:`~.openai_protocol.parse_request` reads; the sampling values' ranges are checked by
+# the runtime. Documented, not yet tested against the parser as the v1/v2 schemas are.
+OPENAI_ERROR: Schema = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+_SAMPLING: dict[str, Schema] = {
+    "model": {"type": "string", "minLength": 1},
+    "stream": {"type": ["boolean", "null"]},
+    "stream_options": {"type": ["object", "null"]},
+    "max_tokens": {"type": ["integer", "null"]},
+    "temperature": {"type": ["number", "null"]},
+    "top_p": {"type": ["number", "null"]},
+    "seed": {"type": ["integer", "null"]},
+    "n": {"const": 1},
+    "stop": {"type": ["string", "array", "null"], "items": {"type": "string"}},
+    "response_format": {"type": ["object", "null"]},
+}
+_TEXT_PART: Schema = {
+    "type": "object",
+    "required": ["type", "text"],
+    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+}
+CHAT_REQUEST: Schema = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": {
+        **_SAMPLING,
+        "max_completion_tokens": {"type": ["integer", "null"]},
+        "logprobs": {"type": ["boolean", "null"]},
+        "top_logprobs": {"type": ["integer", "null"]},
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": {
+                    "role": {"enum": ["system", "user", "assistant"]},
+                    "content": {
+                        "anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}]
+                    },
+                },
+            },
+        },
+    },
+}
+COMPLETION_REQUEST: Schema = {
+    "type": "object",
+    "required": ["model", "prompt"],
+    "properties": {
+        **_SAMPLING,
+        "logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 5},
+        "prompt": {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "minItems": 1, "maxItems": 1, "items": {"type": "string"}},
+            ]
+        },
+    },
+}
+COMPLETION_RESPONSE: Schema = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"enum": ["chat.completion", "text_completion"]},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": {"type": "array", "items": {"type": "object"}},
+        "usage": {"type": "object"},
+    },
+}

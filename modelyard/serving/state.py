@@ -6,6 +6,8 @@ OpenAPI document, the live figures) take the same state without importing the ap
 
 from __future__ import annotations
 
+import time
+
 from modelyard.config import ServeConfig
 from modelyard.serving.prometheus import ServerMetrics
 from modelyard.serving.protocol import Limits
@@ -20,3 +22,4 @@ class ServerState:
         self.settings = settings
         self.metrics = metrics
         self.limits = Limits(max_texts=settings.max_texts, max_text_chars=settings.max_text_chars)
+        self.started = time.time()

@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from modelyard import __version__
 from modelyard.runtime import Predictor
+from modelyard.runtime.generator import Generator
 from modelyard.serving.repository import ModelEntry, ModelVersion
 from modelyard.serving.state import ServerState
 from modelyard.tasks import get_task
@@ -76,11 +77,11 @@ def describe(entry: ModelEntry) -> ModelRow:
     task = get_task(mv.predictor.task)
     row.task, row.labels = task.name, list(mv.predictor.labels)
     row.answers = None if task.generative else "scores" if task.has_classes else "value"
-    if isinstance(mv.predictor, Predictor):  # a bundle (tests serve toys without one)
+    if isinstance(mv.predictor, Predictor | Generator):  # a bundle (tests serve toys too)
         manifest = mv.predictor.manifest
         row.format = manifest.format
         row.size = sum(f.size for f in manifest.files.values())
-        row.threshold = manifest.postprocess.threshold
+        row.threshold = manifest.postprocess.threshold if not task.generative else None
     return row
 
 

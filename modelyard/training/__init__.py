@@ -13,10 +13,11 @@ from modelyard.training.evaluation import EvalResult, evaluate, evaluate_example
 from modelyard.training.predict import load_model, predict_texts
 from modelyard.training.prepare import setup
 from modelyard.training.recipe import finish, train
-from modelyard.training.state import Session
+from modelyard.training.state import Hooks, Session
 
 __all__ = [
     "EvalResult",
+    "Hooks",
     "Run",
     "RunPaths",
     "Session",

@@ -127,8 +127,18 @@ def launch(argv: Sequence[str], nproc: int, master_addr: str, master_port: int |
 
     The environment (PYTHONPATH included) passes through to every rank.
     """
+    cmd = torchrun_command(argv, nproc, master_addr, master_port)
+    log.info("launching %d processes: %s", nproc, " ".join(cmd))
+    return subprocess.run(cmd, env=dict(os.environ), check=False).returncode
+
+
+def torchrun_command(
+    argv: Sequence[str], nproc: int, master_addr: str = "127.0.0.1", master_port: int | None = None
+) -> list[str]:
+    """The command line that runs ``python -m modelyard ARGV`` as ``nproc`` ranks on this
+    machine (a free port when none is given)."""
     port = master_port if master_port is not None else free_port(master_addr)
-    cmd = [
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -144,8 +154,6 @@ def launch(argv: Sequence[str], nproc: int, master_addr: str, master_port: int |
         "modelyard",
         *argv,
     ]
-    log.info("launching %d processes: %s", nproc, " ".join(cmd))
-    return subprocess.run(cmd, env=dict(os.environ), check=False).returncode
 
 
 # ------------------------------------------------------------------------------- process group

@@ -117,6 +117,8 @@ def train_epoch(loop: Loop, epoch: int, *, max_steps: int | None = None) -> None
         for start in range(p.step_in_epoch, len(batches), accum):
             if max_steps is not None and p.global_step >= max_steps:
                 break
+            if out_of_time(loop):
+                break
             t0 = time.perf_counter()
             group = batches[start : start + accum]
             loss_sum, n = train_step(loop, group)
@@ -136,6 +138,18 @@ def train_epoch(loop: Loop, epoch: int, *, max_steps: int | None = None) -> None
                 hook(loop, step)
     finally:
         bar.close()
+
+
+def out_of_time(loop: Loop) -> bool:
+    """Whether the loop's deadline (``train.max_time_s``) leaves no room for another step and
+    the validation after it: a validation is costed as the epoch's training time per sample
+    times the validation split (a forward pass costs less than a step). Rank 0's clock decides
+    for every rank, so all stop at the same step."""
+    if loop.deadline is None:
+        return False
+    p = loop.progress
+    validation_s = p.elapsed_s / p.seen * len(loop.data.validation) if p.seen else 0.0
+    return bool(broadcast(time.monotonic() + validation_s >= loop.deadline, loop.world))
 
 
 def mid_epoch_checkpoints(session: Session, every: int) -> AfterStep:
@@ -212,6 +226,9 @@ def end_epoch(session: Session, epoch: int) -> bool:
             session.paths.weights("best"), session.trainer.model, {"epoch": str(epoch + 1)}
         )
     stop = session.early_stopping.step(record) if session.early_stopping is not None else False
+    # every hook sees every record, whatever an earlier one asked
+    asked = [hook(session, record) for hook in session.hooks.after_epoch]
+    stop = stop or any(asked) or out_of_time(session)
     if main:
         log.info(_epoch_line(record, cfg.epochs, improved))
     if session.writer is not None:
@@ -243,10 +260,15 @@ def fit(session: Session) -> None:
         log.info("%s: training already finished", session.paths.dir)
         return
     for epoch in range(p.epoch, session.config.train.epochs):
+        if out_of_time(session) and p.step_in_epoch == 0:
+            log.info("time limit reached before epoch %d", epoch + 1)
+            break
         train_epoch(session, epoch)
         if end_epoch(session, epoch):
             es = session.early_stopping
-            if es is not None:
+            if out_of_time(session):
+                log.info("time limit reached in epoch %d: stopped there", epoch + 1)
+            elif es is not None and es.stopped_epoch is not None:
                 log.info(
                     "early stop after epoch %d: %s did not improve for %d epochs",
                     epoch + 1,

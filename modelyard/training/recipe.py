@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from modelyard.config import Config
+from modelyard.errors import RunError
 from modelyard.metrics import format_with_interval
 from modelyard.plots import plot_learning_curves
 from modelyard.runs import Run
@@ -22,7 +24,7 @@ from modelyard.training.epochs import fit
 from modelyard.training.evaluation import evaluate_examples
 from modelyard.training.generative import finish_generative, setup_generative
 from modelyard.training.prepare import setup
-from modelyard.training.state import Session, write_run_json
+from modelyard.training.state import Hooks, Session, write_run_json
 
 log = logging.getLogger("modelyard.training")
 
@@ -70,7 +72,12 @@ def close(session: Session) -> None:
 
 
 def train(
-    config: Config, *, resume: bool = False, overwrite: bool = False, world: World | None = None
+    config: Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    world: World | None = None,
+    hooks: Hooks | None = None,
 ) -> Run:
     """Train a model as the config says and write the run directory ``config.run_dir``.
 
@@ -83,6 +90,7 @@ def train(
             the same weights as an uninterrupted run.
         overwrite: delete an existing run of the same name first.
         world: this process among the ranks (default: read from torchrun's environment).
+        hooks: callbacks added to the loop's own (``after_step``, ``after_epoch``).
 
     Returns:
         The finished :class:`Run`.
@@ -92,13 +100,24 @@ def train(
             resume; the loss diverged.
         ConfigError, DataError: from the config and the data files.
     """
+    started = time.monotonic()
     world = world if world is not None else World.from_env(os.environ)
     generative = get_task(config.task).generative
     begin, end = (setup_generative, finish_generative) if generative else (setup, finish)
     with torch_settings(config), process_group(world, config):
         session = begin(config, resume=resume, overwrite=overwrite, world=world)
+        if config.train.max_time_s is not None:
+            session.deadline = started + config.train.max_time_s
+        if hooks is not None:
+            session.hooks.after_step.extend(hooks.after_step)
+            session.hooks.after_epoch.extend(hooks.after_epoch)
         try:
             fit(session)
+            if not session.progress.history:  # only a time limit ends fit before an epoch
+                raise RunError(
+                    f"{session.paths.dir}: train.max_time_s ({config.train.max_time_s} s) "
+                    "passed before the first epoch ended"
+                )
             if world.distributed:
                 session.digests = check_ranks_agree(session.trainer.model, world)
         except KeyboardInterrupt:

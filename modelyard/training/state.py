@@ -90,14 +90,18 @@ class StepEnd:
 
 # after_step(loop, step): run after every optimizer step, in order
 AfterStep = Callable[["Loop", StepEnd], None]
+# after_epoch(session, record): run after each epoch's validation record; True stops training
+# there (e.g. ``modelyard tune`` pruning a trial whose validation curve lags)
+AfterEpoch = Callable[["Session", dict[str, Any]], bool]
 
 
 @dataclass
 class Hooks:
     """Callbacks the loop runs: ``after_step`` after every optimizer step (e.g. the mid-epoch
-    checkpoint, or re-applying pruning masks)."""
+    checkpoint, or re-applying pruning masks), ``after_epoch`` after each epoch's validation."""
 
     after_step: list[AfterStep] = field(default_factory=list)
+    after_epoch: list[AfterEpoch] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -110,6 +114,8 @@ class Loop:
     world: World = field(default_factory=World)  # this process among the data-parallel ranks
     progress: Progress = field(default_factory=Progress)
     hooks: Hooks = field(default_factory=Hooks)
+    # ``time.monotonic()`` past which no step starts (``train.max_time_s``); None: no limit
+    deadline: float | None = None
 
 
 @dataclass(kw_only=True)

@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "metrics",
             "plots",
             "bundle",
+            "generation_spec",
             "versions",
             "runs",
             "data",
@@ -54,7 +55,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("export", {"exporters"}),
     ("compress / measure / choose", {"compress", "measure", "choice"}),
     ("report", {"report"}),
-    ("pipeline", {"pipeline", "batch_predict", "batch_generate"}),
+    ("pipeline", {"pipeline", "batch_predict", "batch_generate", "search"}),
     ("cli", {"cli", "__main__"}),
 ]
 # the serving side sits beside the road, on the runtime and the foundations only
