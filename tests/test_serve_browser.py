@@ -202,3 +202,48 @@ def test_page_behind_api_keys_uses_the_key_the_browser_was_given(
         browser.save_screenshot(str(tmp_path / "with-keys.png"))
     finally:
         assert server.stop() == 0
+
+
+def test_chat_streams_a_reply_and_stop_cuts_one_short(browser: Any, tmp_path: Path) -> None:
+    """A toy generator (the engine's interface, a token every 50 ms) beside a toy classifier."""
+    from helpers.generation import ThreadServer, ToyGenerator, mixed_loader
+    from helpers.serving import toy_repo
+    from selenium.webdriver.common.by import By
+
+    from modelyard.config import ServeConfig
+    from modelyard.serving import create_app
+
+    generator = ToyGenerator("chat", delay_s=0.05)
+    repo = toy_repo(tmp_path / "models", {"chat": [1], "toy": [1]})
+    app = create_app(str(repo), ServeConfig(), loader=mixed_loader({"chat": generator}), poll=False)
+    with ThreadServer(app) as server:
+        browser.get(server.url + "/")
+        assert browser.find_element(By.ID, "chat-section").is_displayed()
+        tokens = browser.find_element(By.ID, "chat-max-tokens")
+        tokens.clear()
+        tokens.send_keys("8")
+        browser.find_element(By.ID, "chat-text").send_keys("hello")
+        browser.find_element(By.ID, "chat-send").click()
+        replies = ".msg.assistant"
+        seen = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, replies + " .text"))
+        partial = wait_for(lambda: seen[0].text.strip() and seen[0].text)  # tokens as they come
+        done = wait_for(
+            lambda: browser.find_element(By.CSS_SELECTOR, replies).get_attribute("data-done")
+        )
+        assert done == "finished" and seen[0].text.split() == [f"w{i}" for i in range(8)]
+        assert len(partial.split()) <= 8
+        browser.save_screenshot(str(tmp_path / "chat.png"))
+
+        tokens.clear()
+        tokens.send_keys("60")
+        browser.find_element(By.ID, "chat-text").send_keys("again, longer")
+        browser.find_element(By.ID, "chat-send").click()
+        second = lambda: browser.find_elements(By.CSS_SELECTOR, replies)[1]  # noqa: E731
+        wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, replies)) == 2)
+        wait_for(lambda: len(second().find_element(By.CLASS_NAME, "text").text.split()) >= 3)
+        browser.find_element(By.ID, "chat-stop").click()
+        assert wait_for(lambda: second().get_attribute("data-done")) == "stopped"
+        cut = len(second().find_element(By.CLASS_NAME, "text").text.split())
+        assert 3 <= cut < 60
+        wait_for(lambda: generator.cut >= 1)  # the server stopped generating too
+        browser.save_screenshot(str(tmp_path / "chat-stopped.png"))

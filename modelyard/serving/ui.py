@@ -3,7 +3,8 @@
 One HTML answer with the style and the script inlined (``static/``, shipped in the package): no
 build step, nothing fetched from elsewhere (the Content-Security-Policy allows only this origin
 and the two inlined pieces, by hash). The model table is rendered here, so it reads without the
-script; the script adds "try it" (``POST /v1/models/NAME/predict``) and the live plots (``GET
+script; the script adds "try it" (``POST /v1/models/NAME/predict``), the chat with a generative
+model (``POST /v1/chat/completions``, streamed, with a stop button) and the live plots (``GET
 /v1/stats`` every second).
 """
 
@@ -53,6 +54,7 @@ class ModelRow:
     labels: list[str] = field(default_factory=list)
     threshold: float | None = None
     answers: str | None = None  # what predict returns: "scores", "value"; None: not tried here
+    generates: bool = False  # a generative model: the chat (POST /v1/chat/completions)
 
 
 @functools.cache
@@ -77,6 +79,7 @@ def describe(entry: ModelEntry) -> ModelRow:
     task = get_task(mv.predictor.task)
     row.task, row.labels = task.name, list(mv.predictor.labels)
     row.answers = None if task.generative else "scores" if task.has_classes else "value"
+    row.generates = task.generative
     if isinstance(mv.predictor, Predictor | Generator):  # a bundle (tests serve toys too)
         manifest = mv.predictor.manifest
         row.format = manifest.format
@@ -126,12 +129,18 @@ def render(state: ServerState) -> tuple[str, str]:
         if r.answers is not None
     )
     # inside <script type="application/json">: no "</script>" can close it early
+    chat_options = "".join(
+        f'<option value="{html.escape(r.name)}">{html.escape(r.name)}</option>'
+        for r in rows
+        if r.generates
+    )
     data = orjson.dumps([asdict(r) for r in rows]).decode().replace("<", "\\u003c")
     page = Template(asset("page.html").text).substitute(
         version=html.escape(__version__),
         count=len(rows),
         rows="".join(table_row(r) for r in rows) or empty,
         options=options or '<option value="">no model to try</option>',
+        chat_options=chat_options or '<option value="">no generative model</option>',
         data=data,
         style=style.text,
         script=script.text,

@@ -71,11 +71,96 @@
     }
   });
 
+  // ------------------------------------------------------------------ chat
+  const chatSection = $("#chat-section");
+  const chatForm = $("#chat");
+  const chatLog = $("#chat-log");
+  const stop = $("#chat-stop");
+  const send = $("#chat-send");
+  const history = [];
+  let controller = null;
+  if (models.some((m) => m.generates)) chatSection.hidden = false;
+
+  function say(role, text) {
+    const body = make("span", { className: "text" }, text);
+    chatLog.append(make("div", { className: `msg ${role}` }, make("span", { className: "who" }, role), body));
+    return body;
+  }
+
+  async function* events(answer) {
+    // server-sent events: "data: {...}" lines, a blank line between events, "data: [DONE]" last
+    const reader = answer.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const event = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        for (const line of event.split("\n")) {
+          if (!line.startsWith("data: ")) continue;
+          const data = line.slice(6);
+          if (data === "[DONE]") return;
+          yield JSON.parse(data);
+        }
+      }
+    }
+  }
+
+  stop.addEventListener("click", () => controller?.abort());
+  chatForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = $("#chat-text").value;
+    if (!text || controller) return;
+    history.push({ role: "user", content: text });
+    say("user", text);
+    $("#chat-text").value = "";
+    const out = say("assistant", "");
+    controller = new AbortController();
+    stop.disabled = false;
+    send.disabled = true;
+    let reply = "";
+    try {
+      const answer = await fetch(api("/v1/chat/completions"), {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        signal: controller.signal,
+        body: JSON.stringify({
+          model: $("#chat-model").value,
+          messages: history,
+          stream: true,
+          temperature: +$("#chat-temperature").value,
+          top_p: +$("#chat-top-p").value,
+          max_tokens: +$("#chat-max-tokens").value,
+        }),
+      });
+      if (!answer.ok) throw new Error(`${answer.status}: ${(await answer.json()).error?.message}`);
+      for await (const chunk of events(answer)) {
+        const piece = chunk.choices?.[0]?.delta?.content ?? "";
+        reply += piece;
+        out.textContent = reply;
+      }
+      out.parentElement.dataset.done = "finished";
+    } catch (err) {
+      const stopped = err.name === "AbortError";
+      out.parentElement.dataset.done = stopped ? "stopped" : "failed";
+      out.parentElement.append(make("span", { className: stopped ? "who" : "error" }, stopped ? " (stopped)" : ` Failed: ${err.message}`));
+    } finally {
+      if (reply) history.push({ role: "assistant", content: reply });
+      controller = null;
+      stop.disabled = true;
+      send.disabled = false;
+    }
+  });
+
   // ------------------------------------------------------------------ live
   const WINDOW = 60; // points kept: one a second
   const live = $("#live");
   const series = new Map(); // model -> {figures, points: {rps, p50, p99, queue, batch}}
-  const history = []; // the last WINDOW snapshots
+  const snapshots = []; // the last WINDOW snapshots
   const PLOTS = [
     ["rps", "requests/s", (v) => fmt(v, 1)],
     ["latency", "latency p50 / p99 ms", (v) => `${fmt(v[0], 1)} / ${fmt(v[1], 1)}`],
@@ -182,9 +267,9 @@
       const answer = await fetch(api("/v1/stats"), { cache: "no-store" });
       if (!answer.ok) throw new Error(`status ${answer.status}`);
       const now = await answer.json();
-      update(now, history[history.length - 1], history[0]);
-      history.push(now);
-      if (history.length > WINDOW) history.shift();
+      update(now, snapshots[snapshots.length - 1], snapshots[0]);
+      snapshots.push(now);
+      if (snapshots.length > WINDOW) snapshots.shift();
     } catch (err) {
       $("#live-note").textContent = `Live figures unavailable: ${err.message}`;
     }
