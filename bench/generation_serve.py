@@ -220,7 +220,7 @@ def start_server(kind: str, args: argparse.Namespace, port: int) -> subprocess.P
         cmd += ["--slots", str(args.slots), "--threads", str(args.threads)]
         cmd += ["--context", str(args.context)]
         health = "/health"
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - read when the server dies; closed with it
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
@@ -323,7 +323,7 @@ def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def load(
@@ -401,17 +401,16 @@ def report(points: list[Point], concurrency: list[int]) -> None:
 
     print("\nratios")
     for c in concurrency:
-        print(
-            f"  c={c:<3d} modelyard/llamacpp tokens/s {ratio('modelyard', 'llamacpp', c, 'tokens_per_s'):>7s}"
-            f" (>= 0.9 wanted), TTFT p50 {ratio('modelyard', 'llamacpp', c, 'ttft_p50_s'):>7s}"
-            f" (<= 1.2 wanted)"
-        )
+        tps = ratio("modelyard", "llamacpp", c, "tokens_per_s")
+        ttft = ratio("modelyard", "llamacpp", c, "ttft_p50_s")
+        print(f"  c={c:<3d} modelyard/llamacpp: tokens/s {tps} (>= 0.9 wanted), "
+              f"TTFT p50 {ttft} (<= 1.2 wanted)")  # fmt: skip
     for c in concurrency:
-        print(
-            f"  c={c:<3d} modelyard/hf tokens/s {ratio('modelyard', 'hf', c, 'tokens_per_s'):>7s}"
-            f" (>= 10 wanted at c=16), TTFT p99 {ratio('modelyard', 'hf', c, 'ttft_p99_s'):>7s}"
-            f" (< 1 wanted);  llamacpp/hf tokens/s {ratio('llamacpp', 'hf', c, 'tokens_per_s'):>7s}"
-        )
+        tps = ratio("modelyard", "hf", c, "tokens_per_s")
+        p99 = ratio("modelyard", "hf", c, "ttft_p99_s")
+        base = ratio("llamacpp", "hf", c, "tokens_per_s")
+        print(f"  c={c:<3d} modelyard/hf: tokens/s {tps} (>= 10 wanted at c=16), TTFT p99 {p99} "
+              f"(< 1 wanted); llamacpp/hf tokens/s {base}")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ main
@@ -420,14 +419,23 @@ def main() -> None:
     parser.add_argument("--servers", nargs="+", default=["llamacpp", "modelyard", "hf"],
                         choices=list(LABELS))  # fmt: skip
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--requests", type=int, nargs="+", default=[8, 32],
-                        help="requests per concurrency level (one number: the same for each)")  # fmt: skip
+    parser.add_argument(
+        "--requests",
+        type=int,
+        nargs="+",
+        default=[8, 32],
+        help="requests per concurrency level (one number: the same for each)",
+    )
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--slots", type=int, default=16, help="parallel slots (a, c)")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp / torch threads")
     parser.add_argument("--context", type=int, default=1024, help="context per slot (a, c)")
-    parser.add_argument("--repo", type=Path, help="model repository for (c) (default: a new "
-                        "one in a temporary directory with the GGUF as bundle 'smollm2')")  # fmt: skip
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        help="model repository for (c) (default: a new one in a temporary directory holding "
+        "the GGUF as bundle 'smollm2')",
+    )
     parser.add_argument("--modelyard-args", default="",
                         help="extra arguments for python -m modelyard.serving")  # fmt: skip
     parser.add_argument("--start-timeout", type=float, default=180.0)
