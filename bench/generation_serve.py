@@ -423,7 +423,7 @@ def main() -> None:
         "--requests",
         type=int,
         nargs="+",
-        default=[8, 32],
+        default=[6, 16],
         help="requests per concurrency level (one number: the same for each)",
     )
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -471,20 +471,28 @@ def main() -> None:
         flush=True,
     )
     points: list[Point] = []
-    for kind in args.servers:
-        port = free_port()
-        t0 = time.perf_counter()
-        proc = start_server(kind, args, port)
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        try:
-            warm = asyncio.run(load(url, prompts[-1:], 1, args.max_tokens, args.request_timeout))
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    urls: dict[str, str] = {}
+    try:
+        # all servers up at once (idle ones cost no CPU), then measured side by side per
+        # concurrency, so a change in the machine's load falls on all of them alike
+        for kind in args.servers:
+            port = free_port()
+            t0 = time.perf_counter()
+            procs[kind] = start_server(kind, args, port)
+            urls[kind] = f"http://127.0.0.1:{port}/v1/chat/completions"
+            warm = asyncio.run(
+                load(urls[kind], prompts[-1:], 1, args.max_tokens, args.request_timeout)
+            )
             print(f"  {kind}: ready in {time.perf_counter() - t0:.1f} s, warm-up "
                   f"{'ok' if warm[0][0].ok else warm[0][0].error}", flush=True)  # fmt: skip
-            for c, n in zip(args.concurrency, requests, strict=True):
-                point = measure(kind, url, prompts[:n], c, args)
+        for c, n in zip(args.concurrency, requests, strict=True):
+            for kind in args.servers:
+                point = measure(kind, urls[kind], prompts[:n], c, args)
                 points.append(point)
                 print_point(point)
-        finally:
+    finally:
+        for proc in procs.values():
             stop(proc)
     report(points, args.concurrency)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
