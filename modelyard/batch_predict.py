@@ -138,9 +138,9 @@ def _scorer(source: str | Path, version: int | None) -> Scorer:
     path = Path(source)
     if is_run_dir(path):
         return _run_scorer(path)
-    from modelyard.runtime import load
+    from modelyard.runtime import load_predictor
 
-    return load(path, version).predict
+    return load_predictor(path, version).predict
 
 
 def _run_scorer(path: Path) -> Scorer:

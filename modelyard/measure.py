@@ -196,13 +196,13 @@ def measure_bundle(
         BundleError: the bundle is missing, corrupted, for another task, or its labels differ.
         DataError: no texts, or texts and targets of different lengths.
     """
-    from modelyard.runtime import load
+    from modelyard.runtime import load_predictor
 
     if not texts:
         raise DataError("cannot measure a bundle on zero texts")
     if len(texts) != len(targets):
         raise DataError(f"{len(texts)} texts but {len(targets)} targets")
-    predictor = load(path, task=task, intra_op_threads=intra_op_threads)
+    predictor = load_predictor(path, task=task, intra_op_threads=intra_op_threads)
     manifest = predictor.manifest
     if list(manifest.labels) != list(labels):
         raise BundleError(

@@ -91,6 +91,14 @@ class ServeConfig(StrictModel):
     # Ray Serve (`serve --ray`): this many replicas, autoscaled up to max_replicas when higher
     replicas: int = Field(1, ge=1)
     max_replicas: int | None = Field(None, ge=1)
+    # generative bundles: requests decoded together per model (llama.cpp's slots), how many more
+    # may wait for a slot (past that: 503 at once), each request's deadline, llama.cpp's threads
+    # (unset: every core) and the context per request (unset: the bundle's)
+    generation_slots: int = Field(4, ge=1)
+    generation_max_waiting: int = Field(16, ge=0)
+    generation_timeout_s: float = Field(300.0, gt=0.0)
+    generation_threads: int | None = Field(None, ge=1)
+    generation_context_length: int | None = Field(None, ge=16)
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> ServeConfig:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.data import LabelSpace, read_table
-from modelyard.runtime.predictor import Predictor, load
+from modelyard.runtime.predictor import Predictor, load_predictor
 from modelyard.tasks import compute_metrics
 
 
@@ -37,7 +37,7 @@ def evaluate_bundle(
         BundleError: the bundle is missing or corrupted.
         DataError: the data file is missing, malformed, or holds a label the bundle lacks.
     """
-    predictor = path if isinstance(path, Predictor) else load(path, version)
+    predictor = path if isinstance(path, Predictor) else load_predictor(path, version)
     manifest = predictor.manifest
     data_cfg: dict[str, Any] = (manifest.config or {}).get("data") or {}
     table = read_table(

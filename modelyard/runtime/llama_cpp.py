@@ -11,9 +11,11 @@ engine's; this module owns the settings it starts with and the shape of what it 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ class GeneratedToken:
     id: int
     text_bytes: bytes
     logprob: float
+    top_logprobs: tuple[GeneratedToken, ...] = ()  # the most likely tokens at this step
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,12 @@ class LlamaCppGenerator:
         params.verbosity = -1  # llama.cpp logs errors only
         # xllamacpp also listens on a random 127.0.0.1 port (llama.cpp's own HTTP server); a key
         # no one knows closes it to other local processes, calls in-process never ask for one
-        params.api_keys = [secrets.token_urlsafe(32)]
+        self._key = secrets.token_urlsafe(32)
+        params.api_keys = [self._key]
         self.path = path
         self.cache_prompt = cache_prompt
+        self.slots = slots
+        self.context_length = context_length
         try:
             self.engine: Any = xllamacpp.Server(params)
         except RuntimeError as exc:
@@ -129,25 +135,93 @@ class LlamaCppGenerator:
         Raises:
             DataError: llama.cpp refused the request (e.g. longer than the context).
         """
-        if self.engine is None:
-            raise BundleError(f"{self.path}: the generator is closed")
         body: dict[str, Any] = {
             "max_tokens": max_tokens,
             "temperature": 0.0,
             "cache_prompt": self.cache_prompt,
         }
         chat = not isinstance(request, str)
+        if isinstance(request, str):
+            # OpenAI's completions take a count of top log-probabilities, chats a flag
+            body |= {"prompt": request, "logprobs": 1}
+        else:
+            body |= {"messages": list(request), "logprobs": True}
+        return parse_answer(self.answer(body, chat=chat), chat=chat)
+
+    def answer(self, body: dict[str, Any], *, chat: bool) -> dict[str, Any]:
+        """One OpenAI-shaped request as llama.cpp takes it, answered whole (its answer or its
+        error shape, ``{"error": {...}}``).
+
+        Raises:
+            DataError: llama.cpp refused the request before answering (e.g. a message without
+                content).
+        """
+        engine = self._engine()
         try:
-            if isinstance(request, str):
-                # OpenAI's completions take a count of top log-probabilities, chats a flag
-                body |= {"prompt": request, "logprobs": 1}
-                answer = self.engine.handle_completions(body)
+            if chat:
+                answer: dict[str, Any] = engine.handle_chat_completions(body)
             else:
-                body |= {"messages": list(request), "logprobs": True}
-                answer = self.engine.handle_chat_completions(body)
-        except (ValueError, RuntimeError) as exc:  # e.g. a message without content
+                answer = engine.handle_completions(body)
+        except (ValueError, RuntimeError) as exc:
             raise DataError(f"llama.cpp refused the request: {exc}") from exc
-        return parse_answer(answer, chat=chat)
+        return answer
+
+    def stream(
+        self, body: dict[str, Any], on_chunk: Callable[[dict[str, Any]], bool], *, chat: bool
+    ) -> None:
+        """Stream one request: ``on_chunk`` gets each OpenAI chunk (or llama.cpp's error shape)
+        in this thread as llama.cpp makes it; returning True stops the generation and frees its
+        slot. Returns when the stream ends or is stopped.
+
+        Raises:
+            DataError: llama.cpp refused the request before streaming.
+        """
+        engine = self._engine()
+        body = {**body, "stream": True}
+        try:
+            if chat:
+                engine.handle_chat_completions(body, on_chunk)
+            else:
+                engine.handle_completions(body, on_chunk)
+        except (ValueError, RuntimeError) as exc:
+            raise DataError(f"llama.cpp refused the request: {exc}") from exc
+
+    def count_tokens(self, request: str | Messages) -> int:
+        """How many tokens a prompt (or a chat, after the chat template) takes, as llama.cpp
+        tokenizes it: through its own HTTP server on 127.0.0.1, which holds the tokenizer and
+        the template (about 0.5 ms a prompt and 1.8 ms a chat on 2 cores).
+
+        Raises:
+            DataError: llama.cpp cannot render or tokenize it.
+        """
+        if isinstance(request, str):
+            prompt = request
+        else:
+            prompt = self._local("/apply-template", {"messages": list(request)})["prompt"]
+        body = {
+            "content": prompt,
+            "add_special": True,
+            "parse_special": not isinstance(request, str),
+        }
+        return len(self._local("/tokenize", body)["tokens"])
+
+    def _local(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            self._engine().listening_address + path,
+            data=json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {self._key}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer: dict[str, Any] = json.loads(response.read())
+        except (OSError, ValueError) as exc:  # HTTPError is an OSError
+            raise DataError(f"llama.cpp cannot read the request ({path}): {exc}") from exc
+        return answer
+
+    def _engine(self) -> Any:
+        if self.engine is None:
+            raise BundleError(f"{self.path}: the generator is closed")
+        return self.engine
 
     def close(self) -> None:
         """Stop the engine and free the model (the generator answers no more)."""
@@ -172,11 +246,7 @@ def parse_answer(answer: Mapping[str, Any], *, chat: bool) -> Generation:
         raise DataError(f"llama.cpp refused the request: {message}")
     choice = answer["choices"][0]
     text = choice["message"]["content"] if chat else choice["text"]
-    steps = (choice.get("logprobs") or {}).get("content") or []
-    tokens = tuple(
-        GeneratedToken(int(step["id"]), bytes(step["bytes"]), float(step["logprob"]))
-        for step in steps
-    )
+    tokens = parse_tokens(choice)
     usage = answer.get("usage", {})
     return Generation(
         text=text or "",
@@ -184,4 +254,21 @@ def parse_answer(answer: Mapping[str, Any], *, chat: bool) -> Generation:
         finish_reason=str(choice.get("finish_reason")),
         prompt_tokens=int(usage.get("prompt_tokens", 0)),
         completion_tokens=int(usage.get("completion_tokens", 0)),
+    )
+
+
+def parse_tokens(choice: Mapping[str, Any]) -> tuple[GeneratedToken, ...]:
+    """The tokens of one answer's (or stream chunk's) choice with their log-probabilities."""
+    steps = (choice.get("logprobs") or {}).get("content") or []
+    return tuple(
+        GeneratedToken(
+            int(step["id"]),
+            bytes(step["bytes"]),
+            float(step["logprob"]),
+            tuple(
+                GeneratedToken(int(top["id"]), bytes(top["bytes"]), float(top["logprob"]))
+                for top in step.get("top_logprobs") or ()
+            ),
+        )
+        for step in steps
     )

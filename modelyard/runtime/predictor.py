@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from modelyard.bundle import Manifest, verify_bundle
+from modelyard.bundle import Bundle, Manifest, verify_bundle
 from modelyard.errors import BundleError
 from modelyard.runtime.backends import BACKENDS, Backend, Providers
+from modelyard.runtime.generator import Generator, GeneratorSettings, load_generator
 from modelyard.tasks import Prediction, get_task
 from modelyard.tokenize import encode, pad_batch
 from modelyard.versions import VersionRef
@@ -164,8 +165,11 @@ def load(
     intra_op_threads: int | None = None,
     inter_op_threads: int | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
-) -> Predictor:
-    """Load a bundle for prediction after checking every file against its manifest.
+    generation: GeneratorSettings | None = None,
+) -> Predictor | Generator:
+    """Load a bundle after checking every file against its manifest: a :class:`Predictor` for
+    a classifier or regressor, a :class:`~modelyard.runtime.generator.Generator` for a
+    generative bundle (task ``generation``).
 
     Args:
         path: ``REPO/NAME`` (its default version, or ``version``) or ``REPO/NAME/VERSION``.
@@ -177,15 +181,53 @@ def load(
         intra_op_threads: ORT threads inside one operator (default: ORT's choice).
         inter_op_threads: ORT threads across operators (default: ORT's choice).
         max_batch: the most texts one inference call sees.
+        generation: a generative bundle's slots, threads and context
+            (:class:`~modelyard.runtime.generator.GeneratorSettings`).
 
     Returns:
-        A ready :class:`Predictor`.
+        A ready :class:`Predictor` or :class:`~modelyard.runtime.generator.Generator`.
 
     Raises:
         BundleError: the bundle is missing, corrupted (missing file, size or sha256 mismatch),
             from a newer schema version, for another task, or unreadable by the backend.
     """
     bundle = verify_bundle(path, version, task=task)
+    if get_task(bundle.manifest.task).generative:
+        return load_generator(bundle, generation)
+    return _predictor(bundle, providers, intra_op_threads, inter_op_threads, max_batch)
+
+
+def load_predictor(
+    path: str | Path,
+    version: VersionRef | None = None,
+    *,
+    task: str | None = None,
+    providers: Providers = None,
+    intra_op_threads: int | None = None,
+    inter_op_threads: int | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> Predictor:
+    """:func:`load` for callers that score texts: a generative bundle is refused.
+
+    Raises:
+        BundleError: as :func:`load`, or the bundle is generative.
+    """
+    bundle = verify_bundle(path, version, task=task)
+    if get_task(bundle.manifest.task).generative:
+        raise BundleError(
+            f"{bundle.path}: a generative bundle answers prompts, it does not score texts "
+            "(modelyard.load(...).generate)"
+        )
+    return _predictor(bundle, providers, intra_op_threads, inter_op_threads, max_batch)
+
+
+def _predictor(
+    bundle: Bundle,
+    providers: Providers,
+    intra_op_threads: int | None,
+    inter_op_threads: int | None,
+    max_batch: int,
+) -> Predictor:
     manifest = bundle.manifest
     backend_cls = BACKENDS.get(manifest.format)
     if backend_cls is None:

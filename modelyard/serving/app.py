@@ -34,18 +34,28 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from modelyard import __version__
 from modelyard.config import ServeConfig
 from modelyard.serving.auth import APIKeyMiddleware, read_api_keys
 from modelyard.serving.batcher import (
     BatcherClosedError,
+    DynamicBatcher,
     QueueFullError,
     RequestTimeoutError,
     RequestTooLargeError,
 )
-from modelyard.serving.inference import Loader, TextResult, check_providers, default_loader
+from modelyard.serving.generation import GenerationMetrics, GenerationQueue
+from modelyard.serving.inference import (
+    Loader,
+    TextResult,
+    check_providers,
+    default_loader,
+    generator_settings,
+)
+from modelyard.serving.openai_api import completions_handler, model_list, openai_error
+from modelyard.serving.openai_protocol import CHAT_PATH, COMPLETIONS_PATH, OPENAI_PATHS
 from modelyard.serving.prometheus import CONTENT_TYPE, ServerMetrics
 from modelyard.serving.protocol import (
     BINARY_HEADER,
@@ -67,8 +77,8 @@ from modelyard.serving.repository import (
     ModelUnavailableError,
     ModelVersion,
 )
+from modelyard.serving.routing import CanonicalPath, read_body, url_version
 from modelyard.tasks import get_task
-from modelyard.versions import VersionRef, parse_ref
 
 log = logging.getLogger("modelyard.serving")
 
@@ -101,31 +111,11 @@ class ServerState:
         self.settings = settings
         self.metrics = metrics
         self.limits = Limits(max_texts=settings.max_texts, max_text_chars=settings.max_text_chars)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes (413) before reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise ProtocolError(400, "Content-Length is not an integer") from None
-        if size > limit:
-            raise ProtocolError(413, f"request body too large: {size} bytes (at most {limit})")
-        # The server delivers exactly Content-Length bytes: read them in one go.
-        return await request.body()
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise ProtocolError(413, f"request body too large (at most {limit} bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        self.started = time.time()
 
 
 Handler = Callable[[Request, _Served], Awaitable[Response]]
+ErrorShape = Callable[..., Response]
 
 
 class _Endpoint:
@@ -133,10 +123,13 @@ class _Endpoint:
     and count what was sent (a client gone before its answer is a 499, not the status it missed).
     """
 
-    def __init__(self, state: ServerState, endpoint: str, handler: Handler) -> None:
+    def __init__(
+        self, state: ServerState, endpoint: str, handler: Handler, error: ErrorShape = _error
+    ) -> None:
         self.state = state
         self.endpoint = endpoint
         self.handler = handler
+        self.error = error  # the route's error shape (OpenAI's on its routes)
         self.in_flight = state.metrics.in_flight.labels(endpoint)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -161,55 +154,24 @@ class _Endpoint:
         try:
             return await self.handler(request, served)
         except ProtocolError as exc:
-            return _error(exc.status, exc.message)
+            return self.error(exc.status, exc.message)
         except ModelNotFoundError as exc:
-            return _error(404, str(exc))
+            return self.error(404, str(exc))
         except ModelUnavailableError as exc:
             retry = str(math.ceil(exc.retry_after_s))
-            return _error(503, str(exc), {"Retry-After": retry})
+            return self.error(503, str(exc), {"Retry-After": retry})
         except RequestTooLargeError as exc:  # no Retry-After: the same request never fits
-            return _error(413, str(exc))
+            return self.error(413, str(exc))
         except (QueueFullError, BatcherClosedError) as exc:
-            return _error(503, str(exc), {"Retry-After": RETRY_AFTER_S})
+            return self.error(503, str(exc), {"Retry-After": RETRY_AFTER_S})
         except RequestTimeoutError as exc:  # waited out its time in a busy queue: back off too
-            return _error(504, f"request timed out: {exc}", {"Retry-After": RETRY_AFTER_S})
+            return self.error(504, f"request timed out: {exc}", {"Retry-After": RETRY_AFTER_S})
         except ClientDisconnect:  # nobody to answer; not a server error
-            return _error(CLIENT_CLOSED, "client disconnected")
+            return self.error(CLIENT_CLOSED, "client disconnected")
         except Exception:  # a bug or an inference failure: the log has the traceback
             where = f" in model {served.model} version {served.version}" if served.model else ""
             log.exception("%s %s failed%s", request.method, request.url.path, where)
-            return _error(500, f"internal server error{where}; see the server log")
-
-
-class CanonicalPath:
-    """Answer ``/v1/models/`` as ``/v1/models``: trailing slashes dropped before routing.
-
-    Starlette would instead redirect to an absolute URL built from the client's ``Host`` header
-    (``Location: http://evil.example/v1/models``), a redirect any client can aim anywhere.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
-            canonical = path.rstrip("/") or "/"
-            raw = scope.get("raw_path")
-            scope = {**scope, "path": canonical}
-            if raw is not None:
-                scope["raw_path"] = raw.rstrip(b"/") or b"/"
-        await self.app(scope, receive, send)
-
-
-def url_version(raw: str | None) -> VersionRef | None:
-    """The version a URL names: ASCII digits or an alias name; anything else is a 400."""
-    if raw is None:
-        return None
-    try:
-        return parse_ref(raw)
-    except ValueError as exc:
-        raise ProtocolError(400, str(exc)) from None
+            return self.error(500, f"internal server error{where}; see the server log")
 
 
 def _lookup(state: ServerState, request: Request, served: _Served) -> ModelVersion:
@@ -217,6 +179,13 @@ def _lookup(state: ServerState, request: Request, served: _Served) -> ModelVersi
     mv = state.repo.get(params["name"], url_version(params.get("version")))
     served.model, served.version = mv.name, str(mv.version)
     return mv
+
+
+def _scorer(mv: ModelVersion) -> DynamicBatcher[str, TextResult]:
+    if isinstance(mv.batcher, GenerationQueue):
+        what = "POST /v1/chat/completions or /v1/completions"
+        raise ProtocolError(400, f"model {mv.name!r} is generative: {what} with its name")
+    return mv.batcher
 
 
 # ------------------------------------------------------------------------------------- v1
@@ -235,7 +204,7 @@ async def _predict(state: ServerState, request: Request, served: _Served) -> Res
             }
         )
 
-    body = await mv.batcher.submit_with(texts, encode, state.settings.timeout_s)
+    body = await _scorer(mv).submit_with(texts, encode, state.settings.timeout_s)
     return Response(body, media_type=JSON)
 
 
@@ -264,7 +233,9 @@ async def _list_models(state: ServerState, request: Request, served: _Served) ->
                 "labels": list(mv.predictor.labels) if mv else None,
             }
         )
-    return _json({"models": models})
+    # OpenAI's list shape beside modelyard's: "data" holds the generative models
+    data = model_list(state.repo.models, state.started)
+    return _json({"models": models, "object": "list", "data": data})
 
 
 # ------------------------------------------------------------------------------------- v2
@@ -309,6 +280,7 @@ async def _model_ready(state: ServerState, request: Request, served: _Served) ->
 async def _infer(state: ServerState, request: Request, served: _Served) -> Response:
     body = await read_body(request, state.settings.max_body_bytes)
     mv = _lookup(state, request, served)  # after the body: a slow upload may span a swap
+    _scorer(mv)
     req = parse_infer(
         body,
         state.limits,
@@ -328,7 +300,7 @@ async def _infer(state: ServerState, request: Request, served: _Served) -> Respo
             model_name=name, model_version=version, request=req, scores=scores, labels=labels
         )
 
-    encoded = await mv.batcher.submit_with(req.texts, encode, state.settings.timeout_s)
+    encoded = await _scorer(mv).submit_with(req.texts, encode, state.settings.timeout_s)
     return Response(encoded.body, headers=encoded.headers, media_type=encoded.media_type)
 
 
@@ -380,6 +352,7 @@ def create_app(
             default_loader,
             intra_op_threads=settings.intra_op_threads,
             providers=check_providers(settings.providers),
+            generation=generator_settings(settings),
         ),
         alias=settings.alias,
         max_batch_size=settings.max_batch_size,
@@ -388,6 +361,11 @@ def create_app(
         poll_s=settings.poll_s,
         on_batch=metrics.observe_batch,
         on_load_failure=metrics.observe_load_failure,
+        generation=functools.partial(
+            GenerationQueue,
+            max_waiting=settings.generation_max_waiting,
+            metrics=GenerationMetrics(metrics.registry),
+        ),
     )
     state = ServerState(repository, settings, metrics)
 
@@ -395,12 +373,18 @@ def create_app(
         bound: Handler = functools.partial(handler, state)  # no extra coroutine per request
         return Route(path, _Endpoint(state, endpoint, bound), methods=[method])
 
+    def openai(path: str, endpoint: str, chat: bool) -> Route:
+        handler = completions_handler(repository, settings, chat=chat)
+        return Route(path, _Endpoint(state, endpoint, handler, openai_error), methods=["POST"])
+
     model = "/v2/models/{name}"
     version = "/v2/models/{name}/versions/{version}"
     # Starlette tries routes in order (a regex each) and the paths are disjoint, so the hot
     # inference routes go first.
     routes = [
         route("/v1/models/{name}/predict", "predict", _predict, "POST"),
+        openai(CHAT_PATH, "chat_completions", chat=True),
+        openai(COMPLETIONS_PATH, "completions", chat=False),
         route(model + "/infer", "infer", _infer, "POST"),
         route("/v1/models/{name}/versions/{version}/predict", "predict", _predict, "POST"),
         route(version + "/infer", "infer", _infer, "POST"),
@@ -432,7 +416,8 @@ def create_app(
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+        shape = openai_error if request.url.path in OPENAI_PATHS else _error
+        return shape(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
     app = Starlette(
         routes=routes,

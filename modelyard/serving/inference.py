@@ -8,12 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
+from modelyard.config import ServeConfig
 from modelyard.errors import ConfigError
-from modelyard.runtime import load
+from modelyard.runtime import GeneratorSettings, load
 from modelyard.runtime.backends import resolve_providers
 from modelyard.tasks import get_task
 
@@ -64,17 +65,36 @@ def load_and_warm(loader: Loader, path: Path) -> PredictorLike:
     return predictor
 
 
-def default_loader(path: Path, intra_op_threads: int = 1, providers: str = "cpu") -> PredictorLike:
+def default_loader(
+    path: Path,
+    intra_op_threads: int = 1,
+    providers: str = "cpu",
+    generation: GeneratorSettings | None = None,
+) -> PredictorLike:
     """Load one version directory with the torch-free runtime.
 
     One ORT intra-op thread by default: each model has one worker thread feeding it whole
     batches, and ORT's own pool spin-waits on the cores the event loop needs to parse HTTP.
-    ``providers`` is ``serve.providers`` (``cpu``, ``cuda``, ``auto``).
+    ``providers`` is ``serve.providers`` (``cpu``, ``cuda``, ``auto``); ``generation`` starts a
+    generative bundle's engine (a :class:`~modelyard.runtime.Generator`, served by its own queue).
     """
-    predictor: PredictorLike = load(
-        path, providers=providers, intra_op_threads=intra_op_threads, inter_op_threads=1
+    predictor: Any = load(
+        path,
+        providers=providers,
+        intra_op_threads=intra_op_threads,
+        inter_op_threads=1,
+        generation=generation,
     )
-    return predictor
+    return cast(PredictorLike, predictor)
+
+
+def generator_settings(settings: ServeConfig) -> GeneratorSettings:
+    """A generative bundle's engine settings from the ``serve:`` section."""
+    return GeneratorSettings(
+        slots=settings.generation_slots,
+        threads=settings.generation_threads,
+        context_length=settings.generation_context_length,
+    )
 
 
 def check_providers(providers: str) -> str:

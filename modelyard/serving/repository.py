@@ -19,27 +19,27 @@ but once its files change its failure is forgotten: it is available again, and l
 alias names it. When the version to serve fails the server keeps serving what it served; at
 startup (or when nothing serves) it falls back, in the same pass, to the next candidate: the
 ``default`` alias's version, then the newest versions. A model none of whose versions loads
-answers 503 with the reason and does not hold the others back.
-
-Each model's files are read alone, bounded in time (:mod:`modelyard.serving.reading`).
+answers 503 with the reason and does not hold the others back. Each model's files are read
+alone, bounded in time (:mod:`modelyard.serving.reading`).
 
 A loaded version whose files change in place (same manifest) is verified again (size, sha256)
 on the next poll; if they no longer match it is listed as failed and logged (a restart would
-not load it) while the copy in memory keeps answering, until the files verify again.
-
-Requests are resolved against the in-memory table only: a model name from a URL never touches
-the filesystem, so it cannot escape the repository directory.
+not load it) while the copy in memory keeps answering, until the files verify again. Requests
+are resolved against the in-memory table only: a model name from a URL never touches the
+filesystem, so it cannot escape the repository directory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from modelyard.bundle import remove_stale_staging, verify_bundle
 from modelyard.serving.batcher import BatchInfo, DynamicBatcher
@@ -51,6 +51,7 @@ from modelyard.serving.discovery import (
     VersionOnDisk,
     alias_order,
 )
+from modelyard.serving.generation import GenerationQueue
 from modelyard.serving.inference import (
     Loader,
     PredictorLike,
@@ -87,7 +88,7 @@ class ModelVersion:
     name: str
     version: int
     predictor: PredictorLike
-    batcher: DynamicBatcher[str, TextResult]
+    batcher: DynamicBatcher[str, TextResult] | GenerationQueue  # a generative model's: its slots
     num_scores: int
     has_labels: bool
     identity: str = ""  # the bundle it was loaded from (sha256 of its manifest)
@@ -147,6 +148,7 @@ class ModelRepository:
         max_loaded_versions: versions loaded per model (the served one, then aliased ones).
         on_batch: metrics hook ``(model, version, info)``.
         on_load_failure: metrics hook ``(model, version)``.
+        generation: starts a generative version's queue ``(generator, name)``.
         read_timeout_s: how long one pass waits for a model's files to be read.
     """
 
@@ -165,6 +167,7 @@ class ModelRepository:
         on_batch: Callable[[str, int, BatchInfo], None] | None = None,
         on_load_failure: Callable[[str, int], None] | None = None,
         read_timeout_s: float = 10.0,
+        generation: Callable[[Any, str], GenerationQueue] | None = None,
     ) -> None:
         self.root = Path(root)
         self.alias = alias
@@ -178,6 +181,7 @@ class ModelRepository:
         self.max_loaded_versions = max(1, max_loaded_versions)
         self._on_batch = on_batch
         self._on_load_failure = on_load_failure
+        self._generation = generation
         self.models: dict[str, ModelEntry] = {}
         self._poller: asyncio.Task[None] | None = None
         self._draining: set[asyncio.Task[None]] = set()
@@ -382,18 +386,20 @@ class ModelRepository:
             return None
         entry.failed.pop(version, None)
 
-        def on_batch(info: BatchInfo) -> None:
-            if self._on_batch is not None:
-                self._on_batch(name, version, info)
-
-        batcher: DynamicBatcher[str, TextResult] = DynamicBatcher(
-            make_batch_fn(predictor),
-            name=f"{name}-{version}",
-            on_batch=on_batch,
-            **self._batch_settings,  # type: ignore[arg-type]
-        )
+        on_batch = functools.partial(self._on_batch, name, version) if self._on_batch else None
+        task = get_task(predictor.task)
+        batcher: DynamicBatcher[str, TextResult] | GenerationQueue
+        if task.generative and self._generation is not None:
+            batcher = self._generation(predictor, name)
+        else:
+            batcher = DynamicBatcher(
+                make_batch_fn(predictor),
+                name=f"{name}-{version}",
+                on_batch=on_batch,
+                **self._batch_settings,  # type: ignore[arg-type]
+            )
         await batcher.start()
-        has_labels = get_task(predictor.task).has_classes
+        has_labels = task.has_classes
         num_scores = len(predictor.labels) if has_labels else 1
         log.info("loaded %s version %d in %.2f s", name, version, time.perf_counter() - t0)
         meta = (num_scores, has_labels, found.identity, found.fingerprint)
