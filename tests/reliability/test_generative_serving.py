@@ -42,7 +42,14 @@ NAME = "tiny-llm"
 SLOTS, QUEUE = 2, 2
 # the serving flags for a generative bundle: llama.cpp's parallel slots and threads, and how many
 # requests may wait for a slot before the server answers 503
-SERVE_ARGS = ["--llm-slots", str(SLOTS), "--llm-threads", "1", "--max-queue", str(QUEUE)]
+SERVE_ARGS = [
+    "--generation-slots",
+    str(SLOTS),
+    "--generation-max-waiting",
+    str(QUEUE),
+    "--generation-threads",
+    "1",
+]
 POSITIONS = 4096  # the tiny llama's context: room for long answers
 LONG = 3000  # tokens: a stream that holds its slot for about a second
 FREED_WITHIN_S = 5.0
@@ -66,16 +73,7 @@ def llm_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def llm_server(llm_repo: Path) -> Iterator[ServerProcess]:
-    try:
-        proc = ServerProcess(llm_repo, *SERVE_ARGS, deadline_s=60.0)
-    except RuntimeError as exc:
-        if "unrecognized arguments" in str(exc):  # before the generative serving flags
-            pytest.skip(f"modelyard serve does not serve generative bundles yet: {exc}")
-        raise
-    probe = httpx.post(proc.url + CHAT, json=chat_body(4), timeout=30.0)
-    if probe.status_code == 404:
-        proc.stop()
-        pytest.skip("modelyard serve has no generative routes (/v1/chat/completions) yet")
+    proc = ServerProcess(llm_repo, *SERVE_ARGS, deadline_s=60.0)
     yield proc
     assert proc.stop() == 0
 
