@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import re
 import time
@@ -54,7 +55,10 @@ POSITIONS = 4096  # the tiny llama's context: room for long answers
 LONG = 3000  # tokens: a stream that holds its slot for about a second
 FREED_WITHIN_S = 5.0
 RSS_GROWTH_BOUND_MB = 25.0  # llama.cpp's buffers are allocated at load; a leak grows per request
-THREAD_GROWTH_BOUND = 2
+# threads the server may start lazily under load and keep: asyncio's default executor grows to
+# min(32, cores + 4) workers as it is used, the slots' pool to SLOTS (one run here went 23 -> 26
+# over three rounds); a leak grows with the requests instead (48 in the overload, 100 cut)
+THREAD_GROWTH_BOUND = min(32, (os.cpu_count() or 1) + 4) + SLOTS
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 
