@@ -56,8 +56,9 @@ LONG = 3000  # tokens: a stream that holds its slot for about a second
 FREED_WITHIN_S = 5.0
 RSS_GROWTH_BOUND_MB = 25.0  # llama.cpp's buffers are allocated at load; a leak grows per request
 # threads the server may start lazily under load and keep: asyncio's default executor grows to
-# min(32, cores + 4) workers as it is used, the slots' pool to SLOTS (one run here went 23 -> 26
-# over three rounds); a leak grows with the requests instead (48 in the overload, 100 cut)
+# min(32, cores + 4) workers as it is used, the slots' pool to SLOTS (here 19 -> 26 threads over
+# the first 4 rounds, then flat for 8 more rounds and 150 cut streams); a leak grows with the
+# requests instead (48 in the overload, 100 cut)
 THREAD_GROWTH_BOUND = min(32, (os.cpu_count() or 1) + 4) + SLOTS
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
