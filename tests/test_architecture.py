@@ -178,7 +178,13 @@ def test_how_to_add_lists_name_files_and_registries_that_exist() -> None:
     """Each "how to add" list names files that exist (a `<name>` placeholder: its folder) and
     each "one `X` line in `file`" names a registry that file really holds."""
     lists = _how_to_add()
-    assert set(lists) == {"a task", "a model family", "an export format", "a serving route"}
+    assert set(lists) == {
+        "a task",
+        "a model family",
+        "an export format",
+        "a serving route",
+        "a generation engine",
+    }
     for name, body in lists.items():
         paths = re.findall(r"`(modelyard/[^`]*)`", body)
         assert paths, name

@@ -10,13 +10,8 @@ from __future__ import annotations
 from modelyard.bundle import Bundle, Manifest, verify_bundle
 from modelyard.runtime.backends import BACKENDS, ONNXBackend
 from modelyard.runtime.bundle_metrics import evaluate_bundle
-from modelyard.runtime.generator import (
-    GenerationChunk,
-    GenerationParams,
-    Generator,
-    GeneratorSettings,
-    ParamError,
-)
+from modelyard.runtime.generation_params import GenerationParams, ParamError
+from modelyard.runtime.generator import GenerationChunk, Generator, GeneratorSettings
 from modelyard.runtime.predictor import Prediction, Predictor, load, load_predictor
 from modelyard.versions import list_versions
 

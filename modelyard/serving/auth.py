@@ -13,6 +13,7 @@ from pathlib import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelyard.errors import ConfigError
+from modelyard.serving import openai_protocol
 from modelyard.serving.protocol import error_body
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
@@ -74,7 +75,11 @@ class APIKeyMiddleware:
         if presented and key_matches(presented, self.keys):
             await self.app(scope, receive, send)
             return
-        body = error_body("missing or invalid API key (use Authorization: Bearer KEY)")
+        message = "missing or invalid API key (use Authorization: Bearer KEY)"
+        if scope["path"] in openai_protocol.OPENAI_PATHS:  # OpenAI's error shape on its routes
+            body = openai_protocol.error_body(401, message)
+        else:
+            body = error_body(message)
         await send(
             {
                 "type": "http.response.start",

@@ -25,7 +25,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from modelyard.runtime.generator import GenerationChunk, GenerationParams, Generator
+from modelyard.runtime.generation_params import GenerationParams
+from modelyard.runtime.generator import GenerationChunk, Generator
 from modelyard.runtime.llama_cpp import Messages
 from modelyard.serving.batcher import BatcherClosedError, QueueFullError, RequestTimeoutError
 

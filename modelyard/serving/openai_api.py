@@ -24,7 +24,8 @@ from starlette.types import Receive, Scope, Send
 
 from modelyard.config import ServeConfig
 from modelyard.errors import DataError
-from modelyard.runtime.generator import GenerationChunk, ParamError
+from modelyard.runtime.generation_params import ParamError
+from modelyard.runtime.generator import GenerationChunk
 from modelyard.serving.batcher import RequestTimeoutError
 from modelyard.serving.generation import GenerationQueue
 from modelyard.serving.openai_protocol import (

@@ -24,7 +24,8 @@ from typing import Any
 
 import orjson
 
-from modelyard.runtime.generator import GenerationChunk, GenerationParams, ParamError
+from modelyard.runtime.generation_params import GenerationParams, ParamError, check_messages
+from modelyard.runtime.generator import GenerationChunk
 from modelyard.runtime.llama_cpp import GeneratedToken, Messages
 
 CHAT_PATH = "/v1/chat/completions"
@@ -134,7 +135,8 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
                 f"messages[{i}].content must be a string or text parts", f"messages[{i}].content"
             )
         out.append({"role": message.get("role"), "content": content})
-    return out  # roles are checked by the runtime (check_messages)
+    check_messages(out)
+    return out
 
 
 def _prompt(prompt: Any) -> str:

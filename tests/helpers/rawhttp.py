@@ -25,7 +25,8 @@ class RawResponse:
 
     @property
     def json_error(self) -> str | None:
-        """The ``error`` of a JSON ``{"error": "..."}`` body, else None."""
+        """The ``error`` of a JSON ``{"error": "..."}`` body (or the ``message`` of OpenAI's
+        ``{"error": {"message": ...}}`` on the OpenAI routes), else None."""
         if not self.headers.get("content-type", "").startswith("application/json"):
             return None
         try:
@@ -33,6 +34,8 @@ class RawResponse:
         except ValueError:
             return None
         error = payload.get("error") if isinstance(payload, dict) else None
+        if isinstance(error, dict):
+            error = error.get("message")
         return error if isinstance(error, str) else None
 
 

@@ -77,10 +77,12 @@ CHATS = [
 ANSWERS = {"What is a cat?": "A small pet.", "What is a dog?": "A loyal pet that barks."}
 
 
-def train_tiny_llama(directory: Path, tokenizer: Any, steps: int = 150) -> Path:
+def train_tiny_llama(
+    directory: Path, tokenizer: Any, steps: int = 150, texts: list[str] | None = None
+) -> Path:
     """Fine-tune the tiny llama in ``directory`` on :data:`CHATS` (answered as in
-    :data:`ANSWERS`) and :data:`TEXTS` until it repeats them, so greedy answers are whole words
-    (a random model's stray bytes make ragged UTF-8); saved in place."""
+    :data:`ANSWERS`) and ``texts`` (default :data:`TEXTS`) until it repeats them, so greedy
+    answers are whole words (a random model's stray bytes make ragged UTF-8); saved in place."""
     import torch
     import transformers
 
@@ -92,7 +94,7 @@ def train_tiny_llama(directory: Path, tokenizer: Any, steps: int = 150) -> Path:
         )
         for chat in CHATS
     ]
-    rows = [tokenizer(text)["input_ids"] for text in chats + TEXTS]
+    rows = [tokenizer(text)["input_ids"] for text in chats + (TEXTS if texts is None else texts)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     torch.manual_seed(0)
     model.train()
