@@ -39,6 +39,9 @@ each a streamed ``POST /v1/chat/completions`` (OpenAI's request shape, greedy, `
                transformers' streamer sends words, not tokens, so chunk gaps are not comparable);
   errors     - a status other than 200, a broken stream, no ``[DONE]``, or a timeout.
 
+With ``--rounds N`` each set runs N times per server, the servers' order reversed every other
+round, and the table pools the rounds (requests together, tokens over the summed wall time).
+
 It prints the table and the ratios issue 23 judges: (c)/(a) tokens/s (>= 0.9) and TTFT p50
 (<= 1.2); (c)/(b) tokens/s at c=16 (>= 10) and p99 TTFT (lower).
 """
@@ -371,9 +374,18 @@ async def load(
         return results, time.perf_counter() - t0
 
 
-def measure(kind: str, url: str, prompts: list[str], c: int, args: argparse.Namespace) -> Point:
+def run_once(
+    kind: str, url: str, prompts: list[str], c: int, args: argparse.Namespace
+) -> tuple[list[One], float]:
     extra = EXTRA.get(kind, {})
-    results, wall = asyncio.run(load(url, prompts, c, args.max_tokens, args.request_timeout, extra))
+    return asyncio.run(load(url, prompts, c, args.max_tokens, args.request_timeout, extra))
+
+
+def summarize(kind: str, c: int, runs: list[tuple[list[One], float]]) -> Point:
+    """One point from one or more runs of the same set: their requests pooled, tokens over the
+    summed wall time."""
+    results = [r for part, _ in runs for r in part]
+    wall = sum(w for _, w in runs)
     good = [r for r in results if r.ok]
     tokens = sum(r.tokens for r in good)
     ttft = [r.ttft_s for r in good if r.ttft_s is not None]
@@ -459,6 +471,12 @@ def main() -> None:
         help="requests per concurrency level (one number: the same for each)",
     )
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure each set this many times, the servers' order alternating; pooled",
+    )
     parser.add_argument("--slots", type=int, default=16, help="parallel slots (a, c)")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp / torch threads")
     parser.add_argument("--context", type=int, default=1024, help="context per slot (a, c)")
@@ -526,10 +544,12 @@ def main() -> None:
             print(f"  {kind}: ready in {time.perf_counter() - t0:.1f} s, warm-up "
                   f"{'ok' if warm[0][0].ok else warm[0][0].error}", flush=True)  # fmt: skip
         for c, n in zip(args.concurrency, requests, strict=True):
-            for kind in args.servers:
-                point = measure(kind, urls[kind], prompts[:n], c, args)
-                points.append(point)
-                print_point(point)
+            runs: dict[str, list[tuple[list[One], float]]] = {k: [] for k in args.servers}
+            for r in range(args.rounds):  # the order alternates round by round
+                for kind in args.servers[:: -1 if r % 2 else 1]:
+                    runs[kind].append(run_once(kind, urls[kind], prompts[:n], c, args))
+                    print_point(summarize(kind, c, runs[kind][-1:]))
+            points += [summarize(kind, c, runs[kind]) for kind in args.servers]
     finally:
         for proc in procs.values():
             stop(proc)
