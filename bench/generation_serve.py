@@ -449,7 +449,7 @@ def report(points: list[Point], concurrency: list[int]) -> None:
             ttft = ratio("modelyard", base, c, "ttft_p50_s")
             print(f"  c={c:<3d} modelyard/{base}: tokens/s {tps} (>= 0.9 wanted), "
                   f"TTFT p50 {ttft} (<= 1.2 wanted)")  # fmt: skip
-    for c in concurrency:
+    for c in concurrency if any(p.server == "hf" for p in points) else []:
         tps = ratio("modelyard", "hf", c, "tokens_per_s")
         p99 = ratio("modelyard", "hf", c, "ttft_p99_s")
         base = ratio("llamacpp", "hf", c, "tokens_per_s")
