@@ -1,7 +1,7 @@
 """Serving a GGUF chat model: ``modelyard serve`` against llama.cpp's own server and against
 FastAPI + transformers, streamed chat completions at c=1 and c=16, one table of ratios (issue 23).
 
-    PYTHONPATH=. .venv/bin/python bench/generation_serve.py          # a, b and c, ~5 minutes
+    PYTHONPATH=. .venv/bin/python bench/generation_serve.py  # a, b and c: ~5.5 min on 2 busy cores
     PYTHONPATH=. .venv/bin/python bench/generation_serve.py --servers llamacpp modelyard \
         --requests 8 32 --max-tokens 64 --slots 16 --threads 1
 
