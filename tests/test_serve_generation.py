@@ -121,7 +121,7 @@ def _metric(client: httpx.Client, name: str) -> float:
     for line in client.get("/metrics").text.splitlines():
         if line.startswith(name + '{model_name="toy-llm"}'):
             return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in /metrics")
+    raise AssertionError(f"{name} not in /metrics")  # the queue sets it when it starts
 
 
 def test_bad_requests_are_4xx_in_openai_shape(server: ThreadServer) -> None:
@@ -188,11 +188,11 @@ def test_a_full_server_answers_503_at_once_and_a_cut_stream_frees_its_slot(
     tmp_path: Path,
 ) -> None:
     gate = threading.Event()
-    toy = ToyGenerator(slots=2, gate=gate, delay_s=0.02)  # 50 tokens: 1 s a stream
+    toy = ToyGenerator(slots=2, gate=gate, delay_s=0.05)  # 60 tokens: 3 s a stream
     repo = toy_repo(tmp_path / "models", {"toy-llm": [1]})
     settings = ServeConfig(generation_max_waiting=1, generation_timeout_s=20.0)
     app = create_app(str(repo), settings, loader=mixed_loader({"toy-llm": toy}), poll=False)
-    ask = CHAT | {"max_tokens": 50, "stream": True}
+    ask = CHAT | {"max_tokens": 60, "stream": True}
     with ThreadServer(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         streams = [httpx.Client(base_url=server.url, timeout=10) for _ in range(3)]
         opened = []
@@ -201,8 +201,12 @@ def test_a_full_server_answers_503_at_once_and_a_cut_stream_frees_its_slot(
                 threading.Thread(
                     target=lambda c=c: opened.append(_open(c, ask)), daemon=True
                 ).start()
-            _until(lambda: _metric(client, "vllm:num_requests_waiting") == 1)
-            assert _metric(client, "vllm:num_requests_running") == 2
+            _until(
+                lambda: (
+                    _metric(client, "vllm:num_requests_running") == 2
+                    and _metric(client, "vllm:num_requests_waiting") == 1
+                )
+            )
             t0 = time.monotonic()
             full = client.post("/v1/chat/completions", json=ask)
             assert time.monotonic() - t0 < 1.0
@@ -298,3 +302,28 @@ def test_generative_models_follow_aliases_roll_back_and_take_api_keys(tmp_path: 
         set_alias(repo / "toy-llm", "server", 1)  # roll back
         c.portal.call(app.state.server.repo.refresh)
         assert version() == "toy-llm-v1"
+
+
+def test_a_client_gone_while_waiting_for_a_slot_leaves_the_queue(tmp_path: Path) -> None:
+    gate = threading.Event()
+    toy = ToyGenerator(slots=1, gate=gate)
+    repo = toy_repo(tmp_path / "models", {"toy-llm": [1]})
+    app = create_app(str(repo), ServeConfig(), loader=mixed_loader({"toy-llm": toy}), poll=False)
+    ask = CHAT | {"max_tokens": 2, "stream": True}
+    with ThreadServer(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        holder = threading.Thread(
+            target=lambda: httpx.post(server.url + "/v1/chat/completions", json=ask, timeout=20),
+            daemon=True,
+        )
+        holder.start()
+        try:
+            _until(lambda: _metric(client, "vllm:num_requests_running") == 1)
+            with pytest.raises(httpx.ReadTimeout):  # waits for the one slot, then hangs up
+                httpx.post(server.url + "/v1/chat/completions", json=ask, timeout=0.5)
+            _until(lambda: _metric(client, "vllm:num_requests_waiting") == 0)
+            assert _metric(client, "vllm:num_requests_running") == 1
+        finally:
+            gate.set()
+            holder.join(20)
+        _until(lambda: _metric(client, "vllm:num_requests_running") == 0)
+        assert toy.cut == 0  # the one that waited never reached the engine

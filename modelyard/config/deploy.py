@@ -133,6 +133,11 @@ _FLAG_HELP = {
     "providers": "ONNX Runtime execution provider: cpu (default), cuda, auto",
     "replicas": "with --ray: this many replicas (default 1)",
     "max_replicas": "with --ray: autoscale up to this many",
+    "generation_slots": "generative models: requests decoded together per model (default 4)",
+    "generation_max_waiting": "generative models: requests waiting for a slot before a 503",
+    "generation_timeout_s": "generative models: each request's deadline (default 300)",
+    "generation_threads": "generative models: llama.cpp's threads (default: every core)",
+    "generation_context_length": "generative models: context per request (default: the bundle's)",
 }
 
 

@@ -73,12 +73,18 @@ class GenerationParams:
             raise ParamError("the JSON schema must be an object", "response_format")
 
     def engine_body(self) -> dict[str, Any]:
-        """The parameters as llama.cpp's OpenAI endpoints read them (its prompt cache off: a
-        reused cache changes the numerics, so a greedy request could answer differently)."""
+        """The parameters as llama.cpp's OpenAI endpoints read them.
+
+        A request with a ``seed`` asks for the same text every time: llama.cpp's prompt cache is
+        off for it (a prefix cached by another request was computed in another batch, and the
+        issue behind this saw a greedy answer change after one), so its whole prompt is
+        processed afresh. Without a seed the cache is on: a follow-up turn reuses the prefix
+        the last turn left in its slot.
+        """
         body: dict[str, Any] = {
             "temperature": self.temperature,
             "top_p": self.top_p,
-            "cache_prompt": False,
+            "cache_prompt": self.seed is None,
         }
         if self.max_tokens is not None:
             body["max_tokens"] = self.max_tokens

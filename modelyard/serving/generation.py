@@ -57,7 +57,7 @@ class GenerationMetrics:
         )
         self.ttft = Histogram(
             "vllm:time_to_first_token_seconds",
-            "Time from admission to the first generated token",
+            "Time from the request's arrival (its wait for a slot included) to its first token",
             label,
             buckets=_TTFT_BUCKETS,
             registry=registry,
@@ -71,7 +71,7 @@ class GenerationMetrics:
         )
         self.e2e = Histogram(
             "vllm:e2e_request_latency_seconds",
-            "Time from admission to the last token",
+            "Time from the request's arrival to its last token",
             label,
             buckets=_E2E_BUCKETS,
             registry=registry,
@@ -125,6 +125,7 @@ class GenerationQueue:
         self._idle.set()
         self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix=f"modelyard-gen-{name}")
         self._metrics = metrics
+        self._gauges()  # at 0 from the start, so dashboards see the model before its first request
 
     @property
     def queued(self) -> int:
@@ -143,10 +144,13 @@ class GenerationQueue:
         if self.running == 0:
             await asyncio.get_running_loop().run_in_executor(None, self.generator.close)
 
-    def _gauges(self) -> None:
+    def _gauges(self, running: int = 0, waiting: int = 0) -> None:
+        # moved by differences: two loaded versions of one model (aliases) add up under its name
+        self.running += running
+        self.waiting += waiting
         if self._metrics is not None:
-            self._metrics.running.labels(self.name).set(self.running)
-            self._metrics.waiting.labels(self.name).set(self.waiting)
+            self._metrics.running.labels(self.name).inc(running)
+            self._metrics.waiting.labels(self.name).inc(waiting)
         if self.running + self.waiting == 0:
             self._idle.set()
         else:
@@ -160,21 +164,19 @@ class GenerationQueue:
                 f"model {self.name!r} is busy: {self.running} requests decoding and "
                 f"{self.waiting} waiting; retry later"
             )
-        self.waiting += 1
-        self._gauges()
+        self._gauges(waiting=1)
         try:
             await asyncio.wait_for(self._free.acquire(), max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            raise RequestTimeoutError("no decoding slot came free in time") from None
-        finally:
-            self.waiting -= 1
-        self.running += 1
-        self._gauges()
+        except BaseException as exc:  # a timeout, or the client gone (cancelled)
+            self._gauges(waiting=-1)
+            if isinstance(exc, TimeoutError):
+                raise RequestTimeoutError("no decoding slot came free in time") from None
+            raise
+        self._gauges(running=1, waiting=-1)  # in one step: a drain never sees it idle between
 
     def _release(self, _: object = None) -> None:
-        self.running -= 1
         self._free.release()
-        self._gauges()
+        self._gauges(running=-1)
 
     async def stream(
         self, request: str | Messages, params: GenerationParams, *, timeout_s: float
@@ -188,7 +190,8 @@ class GenerationQueue:
             BatcherClosedError: the version is stopping.
             ParamError, DataError: the request cannot be answered (400).
         """
-        deadline = time.monotonic() + timeout_s
+        arrived = time.monotonic()
+        deadline = arrived + timeout_s
         loop = asyncio.get_running_loop()
         # the prompt is checked (and counted, if need be) off the loop, before it takes a slot
         chat = await loop.run_in_executor(None, self.generator.check, request, params)
@@ -218,15 +221,15 @@ class GenerationQueue:
             raise BatcherClosedError(f"model {self.name!r} is stopping") from None
         running.add_done_callback(self._release)  # the slot is free when the engine returns
         try:
-            async for chunk in self._timed(chunks, deadline):
+            async for chunk in self._timed(chunks, arrived, deadline):
                 yield chunk
         finally:
             cancel.set()
 
     async def _timed(
-        self, chunks: asyncio.Queue[Any], deadline: float
+        self, chunks: asyncio.Queue[Any], t0: float, deadline: float
     ) -> AsyncIterator[GenerationChunk]:
-        t0 = last = time.monotonic()
+        last = t0
         generated = prompt = 0
         try:
             while True:

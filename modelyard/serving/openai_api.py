@@ -41,6 +41,7 @@ from modelyard.serving.repository import ModelEntry, ModelRepository
 from modelyard.serving.routing import read_body, url_version
 
 JSON = "application/json"
+GONE = object()  # the client disconnected before the answer was ready
 log = logging.getLogger("modelyard.serving")
 
 
@@ -97,14 +98,17 @@ def completions_handler(
             timeout = settings.generation_timeout_s
             if parsed.stream:
                 chunks = queue.stream(parsed.request, parsed.params, timeout_s=timeout)
-                first = await _first(chunks)
+                first = await _unless_gone(request.receive, _first(chunks))
+                if first is GONE:  # left while waiting for a slot or the first token
+                    await chunks.aclose()  # type: ignore[attr-defined]
+                    raise ClientDisconnect()
                 return EventStream(_events(shaper, parsed, first, chunks))
             answer = await _unless_gone(
                 request.receive, queue.answer(parsed.request, parsed.params, timeout_s=timeout)
             )
         except DataError as exc:  # a bad parameter, or one the engine refused
             return _bad(exc)
-        if answer is None:
+        if answer is GONE:
             raise ClientDisconnect()
         event = shaper.answer(
             answer.text,
@@ -168,7 +172,8 @@ async def _events(
 
 
 async def _unless_gone(receive: Receive, work: Awaitable[Any]) -> Any:
-    """``work``'s result, or ``None`` (``work`` cancelled) when the client disconnects first."""
+    """``work``'s result, or :data:`GONE` (``work`` cancelled) when the client disconnects
+    first."""
     task = asyncio.ensure_future(work)
     gone = asyncio.ensure_future(_disconnected(receive))
     try:
@@ -179,7 +184,7 @@ async def _unless_gone(receive: Receive, work: Awaitable[Any]) -> Any:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    return None if task.cancelled() else task.result()
+    return GONE if task.cancelled() else task.result()
 
 
 async def _disconnected(receive: Receive) -> None:
@@ -214,11 +219,16 @@ class EventStream(Response):
             gone.cancel()
             if not writing.done():
                 writing.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError, ClientDisconnect):
-                await writing
-            await self.events.aclose()  # type: ignore[attr-defined]
+            try:
+                with contextlib.suppress(asyncio.CancelledError, OSError, ClientDisconnect):
+                    await writing
+            finally:  # whatever the write raised, the engine stops at its next token
+                await self.events.aclose()  # type: ignore[attr-defined]
         if not writing.cancelled() and writing.exception() is None:
             return
+        error = None if writing.cancelled() else writing.exception()
+        if error is not None and not isinstance(error, OSError | ClientDisconnect):
+            log.error("a generation stream failed", exc_info=error)
         raise ClientDisconnect()
 
 
