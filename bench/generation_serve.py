@@ -42,7 +42,9 @@ each a streamed ``POST /v1/chat/completions`` (OpenAI's request shape, greedy, `
   errors     - a status other than 200, a broken stream, no ``[DONE]``, or a timeout.
 
 With ``--rounds N`` each set runs N times per server, the servers' order reversed every other
-round, and the table pools the rounds (requests together, tokens over the summed wall time).
+round, each round on the next prompts of the file (so no round finds the last one's prompts in a
+prompt cache), and the table pools the rounds (requests together, tokens over the summed wall
+time).
 
 It prints the table and the ratios issue 23 judges: (c)/(a) tokens/s (>= 0.9) and TTFT p50
 (<= 1.2); (c)/(b) tokens/s at c=16 (>= 10) and p99 TTFT (lower).
@@ -518,7 +520,7 @@ def main() -> None:
         from modelyard.models.causal_lm_source import resolve_causal_lm
 
         resolve_causal_lm(f"package:{GGUF_PACKAGE}")
-    prompts = read_prompts(max(requests) + 1)
+    prompts = read_prompts(max(requests) * args.rounds + 1)
     print(
         f"{gguf.name}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
         f"slots {args.slots}, threads {args.threads}, context {args.context}/slot; "
@@ -552,7 +554,9 @@ def main() -> None:
             runs: dict[str, list[tuple[list[One], float]]] = {k: [] for k in args.servers}
             for r in range(args.rounds):  # the order alternates round by round
                 for kind in args.servers[:: -1 if r % 2 else 1]:
-                    runs[kind].append(run_once(kind, urls[kind], prompts[:n], c, args))
+                    runs[kind].append(
+                        run_once(kind, urls[kind], prompts[r * n : (r + 1) * n], c, args)
+                    )
                     print_point(summarize(kind, c, runs[kind][-1:]))
             points += [summarize(kind, c, runs[kind]) for kind in args.servers]
     finally:
