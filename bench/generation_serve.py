@@ -11,6 +11,8 @@ as its own process on 127.0.0.1 with the same slots, threads and context per slo
   (a) llamacpp  - llama.cpp's OpenAI server as ``xllamacpp.Server`` starts it on the GGUF file
                   (its parallel slots, continuous batching, engine defaults for the rest: the
                   prompt cache on, as modelyard runs a request without a ``seed``).
+      llamacpp-noram - the same server started with ``cache_ram_mib = 0`` (no host-memory
+                  prompt cache shared by the slots), as modelyard starts the engine.
       llamacpp-nocache - the same server, the requests saying ``cache_prompt: false``: what
                   modelyard asks the engine for a request with a ``seed`` (a reused prompt cache
                   changes the numerics, so the answer would depend on the request before it).
@@ -78,6 +80,7 @@ MODEL = "smollm2"  # the served name (the bundle's name; the others accept any)
 LABELS = {
     "llamacpp": "(a) llama.cpp server (xllamacpp)",
     "llamacpp-nocache": "(a') llama.cpp server, cache_prompt false",
+    "llamacpp-noram": "(a'') llama.cpp server, cache_ram_mib 0",
     "hf": "(b) FastAPI + transformers fp32",
     "modelyard": "(c) modelyard serve",
     "modelyard-seed": "(c') modelyard serve, seed (no prompt cache)",
@@ -135,7 +138,9 @@ def read_prompts(count: int) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- the servers
-def serve_llamacpp(port: int, gguf: Path, slots: int, threads: int, context: int) -> None:
+def serve_llamacpp(
+    port: int, gguf: Path, slots: int, threads: int, context: int, cache_ram: bool = True
+) -> None:
     """(a): llama.cpp's HTTP server in this process (xllamacpp starts it on its own threads)."""
     import xllamacpp
 
@@ -149,6 +154,8 @@ def serve_llamacpp(port: int, gguf: Path, slots: int, threads: int, context: int
     params.endpoint_metrics = True
     params.warmup = False
     params.verbosity = -1
+    if not cache_ram:  # as modelyard starts the engine: no host-memory prompt cache
+        params.cache_ram_mib = 0
     server = xllamacpp.Server(params)
     print(f"llama.cpp listening on {server.listening_address}", file=sys.stderr, flush=True)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})  # the HTTP server runs on its own threads
@@ -240,6 +247,7 @@ def start_server(kind: str, args: argparse.Namespace, port: int) -> subprocess.P
     else:
         server = "hf" if kind == "hf" else "llamacpp"
         cmd = [py, str(HERE), "--_server", server, "--_port", str(port)]
+        cmd += ["--_no-cache-ram"] if kind == "llamacpp-noram" else []
         cmd += ["--slots", str(args.slots), "--threads", str(args.threads)]
         cmd += ["--context", str(args.context)]
         health = "/health"
@@ -500,10 +508,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the points here")
     parser.add_argument("--_server", help=argparse.SUPPRESS)
     parser.add_argument("--_port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--_no-cache-ram", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args._server == "llamacpp":
-        return serve_llamacpp(args._port, gguf_file(), args.slots, args.threads, args.context)
+        return serve_llamacpp(
+            args._port, gguf_file(), args.slots, args.threads, args.context, not args._no_cache_ram
+        )
     if args._server == "hf":
         from modelyard.models.causal_lm_source import resolve_causal_lm
 
