@@ -4,9 +4,10 @@
 function that exports, measures and writes that format's variants: for the reference format, the
 fp32 bundle and everything ``compress:`` asks for (:func:`modelyard.compress.compress`); for
 TFLite, fp32 and each mode its exporter applies itself
-(:data:`modelyard.config.EXPORT_QUANTIZE_MODES`). A format that cannot be built (TFLite without
-litert-torch) is a note, not a crash, so the other targets still get their answer. Exporters are
-imported when a format is built: listing the formats needs no torch.
+(:data:`modelyard.config.EXPORT_QUANTIZE_MODES`); for GGUF, each type ``compress.gguf`` names
+(a generation run's). A format that cannot be built (TFLite without litert-torch) is a note,
+not a crash, so the other targets still get their answer. Exporters are imported when a format
+is built: listing the formats needs no torch.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from pathlib import Path
 from modelyard.bundle import Bundle, write_bundle
 from modelyard.compress.sources import EvalData
 from modelyard.compress.variants import compress
-from modelyard.config import EXPORT_FORMATS, EXPORT_QUANTIZE_MODES, REFERENCE_FORMAT, Config
+from modelyard.config import EXPORT_QUANTIZE_MODES, REFERENCE_FORMAT, Config, formats_for
 from modelyard.errors import ModelyardError
-from modelyard.measure import Measurement, measure_bundle
+from modelyard.measure import Measurement, measure_bundle, measure_generative_bundle
 from modelyard.runs import Run
 from modelyard.staging import staging_dir
+from modelyard.tasks import get_task
 
 log = logging.getLogger("modelyard.pipeline")
 
@@ -51,11 +53,14 @@ class FormatRequest:
 
 
 def wanted_formats(config: Config) -> list[str]:
-    """The reference format (always built), then each other format that ``export.formats`` or
-    a target names, in the order of :data:`~modelyard.config.EXPORT_FORMATS`."""
+    """The reference format (always built when it carries the task's models), then each other
+    format that ``export.formats`` or a target names, in the order of
+    :data:`~modelyard.config.EXPORT_FORMATS`. A generative task's formats are its own
+    (:data:`~modelyard.config.GENERATIVE_FORMATS`): its reference is the run itself."""
     asked = {*config.export.formats, *(t.format for t in config.targets.values())}
-    others = [f for f in EXPORT_FORMATS if f != REFERENCE_FORMAT and f in asked]
-    return [REFERENCE_FORMAT, *others]
+    valid = formats_for(get_task(config.task).generative)
+    first = [REFERENCE_FORMAT] if REFERENCE_FORMAT in valid else []
+    return [*first, *(f for f in valid if f not in first and f in asked)]
 
 
 def onnx_variants(request: FormatRequest) -> list[Measurement]:
@@ -139,10 +144,50 @@ def tflite_variants(request: FormatRequest) -> list[Measurement]:
     return measured
 
 
+SPEED_REQUESTS = 8  # validation records each variant is timed on
+# llama.cpp's threads while variants are scored and timed; None: one per core
+ENGINE_THREADS: int | None = None
+
+
+def gguf_variants(request: FormatRequest) -> list[Measurement]:
+    """A generation run's GGUF bundles, one per type ``config.compress.gguf`` names (F16, Q8_0,
+    Q4_0 by default): each exported through the parity gate and scored against the run
+    (:func:`modelyard.exporters.gguf_bundle.export_gguf_bundle`), timed through llama.cpp
+    (:func:`modelyard.measure.measure_generative_bundle`) and written as the next version with
+    its measurements. A type that fails its gate is a note: the others still compete."""
+    from modelyard.exporters.gguf_bundle import export_gguf_bundle, scoring_data
+
+    run, config = request.run, request.config
+    records = scoring_data(run).validation[:SPEED_REQUESTS]
+    requests = [r.messages or str(r.text) for r in records]
+    measured: list[Measurement] = []
+    for quantization in config.compress.gguf:
+        label = f"gguf-{quantization}"
+        log.info("run %s: exporting and scoring %s", config.name, label)
+        # staged in a repository of its own inside the model's directory, never served
+        with staging_dir(Path(config.export.repo) / config.name) as staging:
+            try:
+                staged = export_gguf_bundle(
+                    run, repo=staging, quantize=quantization, threads=ENGINE_THREADS
+                )
+                m = measure_generative_bundle(staged.path, requests, threads=ENGINE_THREADS)
+            except ModelyardError as exc:
+                request.notes.append(f"{label} not built: {exc}")
+                continue
+            variant = {**staged.manifest.variant, "measured": m.manifest_record()}
+            manifest = replace(staged.manifest, variant=variant)
+            files = {name: staged.path / name for name in staged.manifest.files}
+            bundle = write_bundle(config.export.repo, manifest, files)
+        m.bundle, m.version = str(bundle.path), bundle.version
+        measured.append(m)
+    return measured
+
+
 # bundle format -> the function that builds, measures and writes its variants
 FORMAT_VARIANTS: dict[str, Callable[[FormatRequest], list[Measurement]]] = {
     "onnx": onnx_variants,
     "tflite": tflite_variants,
+    "gguf": gguf_variants,
 }
 
 
