@@ -66,10 +66,13 @@ class PipelineResult:
     variants_path: Path
     metric: str
     notes: list[str] = field(default_factory=list)
+    test_metric: str = ""  # the variants' test column (default: metric)
 
     def summary(self) -> str:
         """A short plain-text table of the variants and the choice per target."""
-        return format_summary(self.variants, self.choices, self.metric, self.notes)
+        return format_summary(
+            self.variants, self.choices, self.metric, self.notes, test_metric=self.test_metric
+        )
 
 
 def run_pipeline(config: Config, *, overwrite: bool = False, echo: bool = True) -> PipelineResult:
@@ -118,7 +121,9 @@ def run_pipeline(config: Config, *, overwrite: bool = False, echo: bool = True) 
     _point_aliases(choices, notes)
     variants_path = _write_variants(run, variants, choices, metric, reference.score, notes)
     report_path = _write_report(run, config, data, variants, choices, metric, images, notes)
-    result = PipelineResult(run, variants, choices, report_path, variants_path, metric, notes)
+    result = PipelineResult(
+        run, variants, choices, report_path, variants_path, metric, notes, task.primary_metric
+    )
     if echo:
         print(result.summary())
         print(f"report: {report_path}")
@@ -253,26 +258,33 @@ def _write_report(
         run_dir=str(run.dir),
         higher_is_better=higher_is_better(metric),
         test_size=run.test_size,
+        test_metric=get_task(config.task).primary_metric,
     )
     return write_report(content, run.dir / REPORT_FILE)
 
 
 # --------------------------------------------------------------------------------------- summary
 def format_summary(
-    variants: list[Measurement], choices: dict[str, Choice], metric: str, notes: list[str]
+    variants: list[Measurement],
+    choices: dict[str, Choice],
+    metric: str,
+    notes: list[str],
+    *,
+    test_metric: str = "",
 ) -> str:
     """The variants as a fixed-width table, then one line per target."""
     width = max([len("variant"), *(len(m.name) for m in variants)])
+    test_metric = test_metric or metric
     lines = [
         f"{'variant':<{width}}  {'format':<6}  {'size MB':>8}  {'p50 ms':>7}  {'p99 ms':>7}  "
-        f"{'texts/s':>8}  {'val ' + metric:>13}  {'drop':>6}  {'test ' + metric:>22}  status"
+        f"{'texts/s':>8}  {'val ' + metric:>13}  {'drop':>6}  {'test ' + test_metric:>22}  status"
     ]
     for m in variants:
         status = f"rejected: {m.rejected}" if m.rejected else "ok"
         lines.append(
             f"{m.name:<{width}}  {m.format:<6}  {m.size_mb:>8.3g}  {m.p50_ms:>7.2f}  "
             f"{m.p99_ms:>7.2f}  {m.throughput:>8.0f}  {m.score:>13.4f}  {m.drop:>6.2f}  "
-            f"{format_test_score(m, metric):>22}  {status}"
+            f"{format_test_score(m, test_metric):>22}  {status}"
         )
     if choices:
         lines.append("")
