@@ -22,7 +22,6 @@ from modelyard.config import (
     EXPORT_FORMATS,
     EXPORT_QUANTIZE_MODES,
     QUANTIZE_MODES,
-    REFERENCE_FORMAT,
 )
 from modelyard.config.deploy import add_serve_flags, serve_overrides
 from modelyard.errors import ModelyardError, RunError
@@ -175,12 +174,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     options: dict[str, Any] = {}
     if args.quantize:  # the format's exporter checks the mode and says which fit
-        if not EXPORT_QUANTIZE_MODES[args.format]:
-            takers = [f for f, modes in EXPORT_QUANTIZE_MODES.items() if modes]
-            raise RunError(
-                f"--quantize applies to {', '.join(takers)}; "
-                f"for {REFERENCE_FORMAT.upper()} use `modelyard compress`"
-            )
         options["quantize"] = args.quantize
     from modelyard.exporters import export
 
@@ -234,7 +227,8 @@ def cmd_aliases(args: argparse.Namespace) -> int:
 def cmd_compress(args: argparse.Namespace) -> int:
     from modelyard.compress import compress
 
-    if args.prune is None and not args.quantize and args.clip is None:
+    nothing = args.prune is None and not args.quantize and args.clip is None
+    if nothing and not is_generative_run(args.source):  # a generation run's: its GGUF types
         raise RunError("nothing to do: give --prune, --quantize and/or --clip")
     clip: float | str | None = args.clip
     if isinstance(clip, str) and not clip.endswith("%"):
@@ -359,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a run as a versioned bundle")
     p.add_argument("run", help="runs/NAME")
-    p.add_argument("--format", default=REFERENCE_FORMAT, choices=EXPORT_FORMATS)
+    p.add_argument("--format", choices=EXPORT_FORMATS, help="default: onnx; generation: gguf")
     p.add_argument("--repo", help="model repository (default: the run config's export.repo)")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint")
     p.add_argument("--name", help="bundle name (default: the run's name)")

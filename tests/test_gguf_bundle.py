@@ -349,9 +349,12 @@ def test_quantized_variants_are_scored_and_rejected_past_the_threshold(
 
 @pytest.mark.integration
 def test_cli_exports_gguf_and_names_what_fits(
-    run: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    run: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import modelyard.compress.generative as generative
     from modelyard.cli import main
+
+    monkeypatch.setattr(generative, "ENGINE_THREADS", 1)
 
     args = ["export", str(run.dir), "--format", "gguf", "--repo", str(tmp_path)]
     assert main([*args, "--quantize", "q8_0"]) == 0
@@ -365,6 +368,11 @@ def test_cli_exports_gguf_and_names_what_fits(
     err = capsys.readouterr().err
     assert "export it as gguf" in err and "onnxruntime-genai is not built" in err
     assert [v for v in _versions(tmp_path / "gen") if v.isdigit()] == ["1"]
+    # compress on a generation run: its config's GGUF types, each measured and written
+    assert main(["compress", str(run.dir), "--repo", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert all(f"gguf-{q}" in table for q in ("f16", "q8_0", "q4_0")), table
+    assert [v for v in _versions(tmp_path / "gen") if v.isdigit()] == ["1", "2", "3", "4"]
 
 
 @pytest.mark.integration
@@ -373,13 +381,13 @@ def test_run_on_a_generation_config_writes_gguf_variants_and_picks_one_per_targe
 ) -> None:
     pytest.importorskip("peft")
     pytest.importorskip("xllamacpp")
-    import modelyard.compress.formats as formats
+    import modelyard.compress.generative as generative
     from modelyard.bundle import read_manifest
     from modelyard.config import load_config
     from modelyard.pipeline import run_pipeline
     from modelyard.versions import read_record
 
-    monkeypatch.setattr(formats, "ENGINE_THREADS", 1)
+    monkeypatch.setattr(generative, "ENGINE_THREADS", 1)
     raw = _config(
         tmp_path,
         base_dir,

@@ -108,7 +108,7 @@ def test_export_quantize_on_a_format_whose_exporter_does_not_quantize(
 
     assert main(["export", "runs/none", "--format", "onnx", "--quantize", "int8-dynamic"]) == 2
     err = capsys.readouterr().err
-    assert "--quantize applies to tflite, gguf; for ONNX use `modelyard compress`" in err
+    assert "quantize applies to tflite, gguf; for ONNX use `modelyard compress`" in err
 
 
 def test_export_passes_quantize_to_the_formats_exporter(

@@ -13,43 +13,21 @@ is built: listing the formats needs no torch.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from modelyard.bundle import Bundle, write_bundle
-from modelyard.compress.sources import EvalData
+from modelyard.compress.generative import gguf_variants
+from modelyard.compress.sources import FormatRequest
 from modelyard.compress.variants import compress
 from modelyard.config import EXPORT_QUANTIZE_MODES, REFERENCE_FORMAT, Config, formats_for
 from modelyard.errors import ModelyardError
-from modelyard.measure import Measurement, measure_bundle, measure_generative_bundle
-from modelyard.runs import Run
+from modelyard.measure import Measurement, measure_bundle
 from modelyard.staging import staging_dir
 from modelyard.tasks import get_task
 
 log = logging.getLogger("modelyard.pipeline")
-
-
-@dataclass
-class FormatRequest:
-    """What a format's variant builder is given.
-
-    Attributes:
-        run: the trained run.
-        config: its config (``compress:`` says which variants, ``export.repo`` where they go).
-        data: the texts variants are selected on (validation) and reported on (test).
-        labels: the run's label names.
-        reference: the fp32 reference's score (NaN while the reference itself is built).
-        notes: what could not be built and why; builders append to it.
-    """
-
-    run: Run
-    config: Config
-    data: EvalData
-    labels: list[str]
-    reference: float = math.nan
-    notes: list[str] = field(default_factory=list)
 
 
 def wanted_formats(config: Config) -> list[str]:
@@ -141,45 +119,6 @@ def tflite_variants(request: FormatRequest) -> list[Measurement]:
                 measured.append(write_measured(staged, request))
             except ModelyardError as exc:
                 notes.append(f"{label} built but not measured, so not written: {exc}")
-    return measured
-
-
-SPEED_REQUESTS = 8  # validation records each variant is timed on
-# llama.cpp's threads while variants are scored and timed; None: one per core
-ENGINE_THREADS: int | None = None
-
-
-def gguf_variants(request: FormatRequest) -> list[Measurement]:
-    """A generation run's GGUF bundles, one per type ``config.compress.gguf`` names (F16, Q8_0,
-    Q4_0 by default): each exported through the parity gate and scored against the run
-    (:func:`modelyard.exporters.gguf_bundle.export_gguf_bundle`), timed through llama.cpp
-    (:func:`modelyard.measure.measure_generative_bundle`) and written as the next version with
-    its measurements. A type that fails its gate is a note: the others still compete."""
-    from modelyard.exporters.gguf_bundle import export_gguf_bundle, scoring_data
-
-    run, config = request.run, request.config
-    records = scoring_data(run).validation[:SPEED_REQUESTS]
-    requests = [r.messages or str(r.text) for r in records]
-    measured: list[Measurement] = []
-    for quantization in config.compress.gguf:
-        label = f"gguf-{quantization}"
-        log.info("run %s: exporting and scoring %s", config.name, label)
-        # staged in a repository of its own inside the model's directory, never served
-        with staging_dir(Path(config.export.repo) / config.name) as staging:
-            try:
-                staged = export_gguf_bundle(
-                    run, repo=staging, quantize=quantization, threads=ENGINE_THREADS
-                )
-                m = measure_generative_bundle(staged.path, requests, threads=ENGINE_THREADS)
-            except ModelyardError as exc:
-                request.notes.append(f"{label} not built: {exc}")
-                continue
-            variant = {**staged.manifest.variant, "measured": m.manifest_record()}
-            manifest = replace(staged.manifest, variant=variant)
-            files = {name: staged.path / name for name in staged.manifest.files}
-            bundle = write_bundle(config.export.repo, manifest, files)
-        m.bundle, m.version = str(bundle.path), bundle.version
-        measured.append(m)
     return measured
 
 

@@ -7,7 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.bundle import Bundle
-from modelyard.config import GENERATIVE_FORMATS, REFERENCE_FORMAT, formats_for
+from modelyard.config import (
+    EXPORT_QUANTIZE_MODES,
+    GENERATIVE_FORMATS,
+    REFERENCE_FORMAT,
+    formats_for,
+)
 from modelyard.errors import BundleError
 from modelyard.exporters.gguf import GGUFFile, write_gguf
 from modelyard.exporters.gguf_bundle import export_gguf_bundle
@@ -29,7 +34,7 @@ EXPORTERS: dict[str, Callable[..., Bundle]] = {
 def export(
     run: Run | str | Path,
     *,
-    format: str = REFERENCE_FORMAT,
+    format: str | None = None,
     repo: str | Path | None = None,
     which: str = "best",
     name: str | None = None,
@@ -39,8 +44,8 @@ def export(
 
     Args:
         run: a :class:`modelyard.runs.Run` or its directory (``runs/NAME``).
-        format: the bundle format, a key of :data:`EXPORTERS` (``onnx``, ``tflite`` for runs
-            that score texts; ``gguf`` for generation runs).
+        format: the bundle format, a key of :data:`EXPORTERS`: ``onnx`` (the default) or
+            ``tflite`` for runs that score texts; ``gguf`` (the default) for generation runs.
         repo: the model repository; default: the run config's ``export.repo`` (``models``).
         which: the checkpoint, ``best`` or ``last``.
         name: the model name in the repository; default: the run's name.
@@ -57,11 +62,17 @@ def export(
             tolerance; no bundle is left behind.
         RunError: the run directory is missing or incomplete.
     """
-    exporter = EXPORTERS.get(format)
-    if exporter is None:
+    if format is not None and format not in EXPORTERS:
         raise BundleError(f"unknown export format {format!r}; known: {', '.join(EXPORTERS)}")
+    if format is not None and options.get("quantize") and not EXPORT_QUANTIZE_MODES[format]:
+        takers = [f for f, modes in EXPORT_QUANTIZE_MODES.items() if modes]
+        raise BundleError(
+            f"quantize applies to {', '.join(takers)}; "
+            f"for {REFERENCE_FORMAT.upper()} use `modelyard compress`"
+        )
     run = run if isinstance(run, Run) else Run.load(run)
     generative = get_task(run.task).generative
+    format = format or formats_for(generative)[0]
     if (format in GENERATIVE_FORMATS) != generative:
         valid = ", ".join(formats_for(generative))
         if not generative:
@@ -74,7 +85,7 @@ def export(
             f"it as {valid} (llama.cpp; ONNX for onnxruntime-genai is not built, see "
             "docs/benchmarks.md), or its merged model with `modelyard export RUN --merged DIR`"
         )
-    return exporter(run, repo=repo, which=which, name=name, **options)
+    return EXPORTERS[format](run, repo=repo, which=which, name=name, **options)
 
 
 def export_merged(run: Run | str | Path, directory: str | Path, *, which: str = "best") -> Path:
