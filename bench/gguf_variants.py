@@ -2,7 +2,7 @@
 
 A short definitions run (examples/definitions.yaml on the first --train records of
 data/wordnet_definitions/train.jsonl, the next --validation records to validate, 1 epoch), then
-the pipeline's GGUF variants (F16, Q8_0, Q4_0): each exported through the parity gate, scored
+the pipeline's GGUF variants (F32, F16, Q8_0, Q4_0): each exported through the parity gate, scored
 through llama.cpp (validation perplexity from the engine's logits against torch's on the same
 tokens; ROUGE-L of its greedy answers to the test prompts against the run's own in torch), timed
 (time to first token, decode tokens/s of one stream) and chosen per target.
@@ -59,6 +59,8 @@ def main() -> None:
             f"export.repo={work / 'models'}",
             f"train.num_threads={args.torch_threads}",
             "train.progress=false",
+            # F32 too: the engine's fp32 answers, which parity ties to torch's fp32 ones
+            "compress.gguf=[f32, f16, q8_0, q4_0]",
             # a server that must stream faster than a person reads; a small device
             "targets={server: {min_tokens_per_s: 20}, edge: {max_size_mb: 120}}",
         ],
