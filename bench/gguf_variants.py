@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
 
-    import modelyard.compress.generative as generative
+    import modelyard.exporters.gguf_bundle as gguf_bundle
     from modelyard.bundle import read_manifest
     from modelyard.config import load_config
     from modelyard.pipeline import run_pipeline
@@ -65,7 +65,7 @@ def main() -> None:
             "targets={server: {min_tokens_per_s: 20}, edge: {max_size_mb: 120}}",
         ],
     )
-    generative.ENGINE_THREADS = args.threads
+    gguf_bundle.ENGINE_THREADS = args.threads
     started = time.perf_counter()
     result = run_pipeline(config, overwrite=True)
     wall = time.perf_counter() - started

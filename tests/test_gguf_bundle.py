@@ -347,14 +347,14 @@ def test_quantized_variants_are_scored_and_rejected_past_the_threshold(
     assert read_record(tmp_path / "gen").aliases["default"] == scored.version
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 def test_cli_exports_gguf_and_names_what_fits(
     run: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import modelyard.compress.generative as generative
+    import modelyard.exporters.gguf_bundle as gguf_bundle
     from modelyard.cli import main
 
-    monkeypatch.setattr(generative, "ENGINE_THREADS", 1)
+    monkeypatch.setattr(gguf_bundle, "ENGINE_THREADS", 1)
 
     args = ["export", str(run.dir), "--format", "gguf", "--repo", str(tmp_path)]
     assert main([*args, "--quantize", "q8_0"]) == 0
@@ -381,13 +381,13 @@ def test_run_on_a_generation_config_writes_gguf_variants_and_picks_one_per_targe
 ) -> None:
     pytest.importorskip("peft")
     pytest.importorskip("xllamacpp")
-    import modelyard.compress.generative as generative
+    import modelyard.exporters.gguf_bundle as gguf_bundle
     from modelyard.bundle import read_manifest
     from modelyard.config import load_config
     from modelyard.pipeline import run_pipeline
     from modelyard.versions import read_record
 
-    monkeypatch.setattr(generative, "ENGINE_THREADS", 1)
+    monkeypatch.setattr(gguf_bundle, "ENGINE_THREADS", 1)
     raw = _config(
         tmp_path,
         base_dir,

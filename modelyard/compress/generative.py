@@ -24,8 +24,6 @@ from modelyard.staging import staging_dir
 log = logging.getLogger("modelyard.pipeline")
 
 SPEED_REQUESTS = 8  # validation records each variant is timed on
-# llama.cpp's threads while variants are scored and timed; None: one per core
-ENGINE_THREADS: int | None = None
 
 
 def gguf_variants(request: FormatRequest) -> list[Measurement]:
@@ -34,10 +32,11 @@ def gguf_variants(request: FormatRequest) -> list[Measurement]:
     (:func:`modelyard.exporters.gguf_bundle.export_gguf_bundle`), timed through llama.cpp
     (:func:`modelyard.measure.measure_generative_bundle`) and written as the next version with
     its measurements. A type that fails its gate is a note: the others still compete."""
-    from modelyard.exporters.gguf_bundle import export_gguf_bundle, scoring_data
+    from modelyard.exporters import gguf_bundle
 
     run, config = request.run, request.config
-    records = scoring_data(run).validation[:SPEED_REQUESTS]
+    records = gguf_bundle.scoring_data(run).validation[:SPEED_REQUESTS]
+    threads = gguf_bundle.ENGINE_THREADS
     requests = [r.messages or str(r.text) for r in records]
     measured: list[Measurement] = []
     for quantization in config.compress.gguf:
@@ -46,10 +45,10 @@ def gguf_variants(request: FormatRequest) -> list[Measurement]:
         # staged in a repository of its own inside the model's directory, never served
         with staging_dir(Path(config.export.repo) / config.name) as staging:
             try:
-                staged = export_gguf_bundle(
-                    run, repo=staging, quantize=quantization, threads=ENGINE_THREADS
+                staged = gguf_bundle.export_gguf_bundle(
+                    run, repo=staging, quantize=quantization, threads=threads
                 )
-                m = measure_generative_bundle(staged.path, requests, threads=ENGINE_THREADS)
+                m = measure_generative_bundle(staged.path, requests, threads=threads)
             except ModelyardError as exc:
                 request.notes.append(f"{label} not built: {exc}")
                 continue

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,9 @@ END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoft
 # Q8_0; 1.0 is compress.max_accuracy_drop's default for every task)
 DEFAULT_MAX_DROP = 1.0
 DEFAULT_MAX_PERPLEXITY_RISE = 10.0  # % (config compress.max_perplexity_rise)
+# llama.cpp's threads while GGUF files are scored and timed (export, compress, run); None: one
+# per core. Tests set 1: llama.cpp's spinning threads crawl on a shared machine.
+ENGINE_THREADS: int | None = None
 
 
 def export_gguf_bundle(
@@ -77,7 +81,7 @@ def export_gguf_bundle(
             default: the config's ``compress.max_accuracy_drop``.
         max_perplexity_rise: % the engine's validation perplexity may exceed torch's;
             default: the config's ``compress.max_perplexity_rise``.
-        threads: llama.cpp's threads while scoring (default: one per core).
+        threads: llama.cpp's threads while scoring (default: :data:`ENGINE_THREADS`).
 
     Returns:
         The written :class:`Bundle`; ``manifest.variant["rejected"]`` says why it is rejected,
@@ -88,10 +92,6 @@ def export_gguf_bundle(
             or an unquantized file that does not continue the prompts as torch does; no bundle
             is left behind.
     """
-    import torch
-    import transformers
-
-    from modelyard.runtime.llama_cpp import LlamaCppGenerator
     from modelyard.training.generative import load_generative_run
 
     quantization = (quantize or "f16").lower()
@@ -103,63 +103,102 @@ def export_gguf_bundle(
     with staging_dir(repo / name) as scratch:
         merged = load_generative_run(run.dir, which)[1].model.merge_and_save(scratch / "merged")
         written = write_gguf(merged, scratch / MODEL_FILE, quantization=quantization, name=name)
-        tokenizer: Any = transformers.AutoTokenizer.from_pretrained(str(merged))
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(merged), dtype=torch.float32
-        ).eval()
-        spec = generation_spec(config, merged, tokenizer, quantization)
-        stop_ids = [int(tokenizer.convert_tokens_to_ids(t)) for t in spec.stop_tokens]
-        log.info("export %s: torch's answers to %d validation records", name, len(data.validation))
-        reference = torch_reference(model, tokenizer, data, stop_ids)
-        with LlamaCppGenerator(
-            written.path, context_length=spec.context_length, threads=threads
-        ) as engine:
-            parity = None
-            if quantization in TIE_NATS:
-                parity = check_parity(engine, model, tokenizer, reference, quantization)
-                if parity["mismatches"]:
-                    raise BundleError(parity_failure(name, quantization, parity))
-            log.info("export %s: scoring %s through llama.cpp", name, quantization)
-            perplexity, scored = engine_perplexity(engine, reference.prompts, reference.answers)
-            test = {}
-            if data.test:
-                test = score_test(engine, tokenizer, data.test, data.max_new_tokens)
+        threads = ENGINE_THREADS if threads is None else threads
+        spec, checked = check_against_torch(
+            written.path, merged, config, data, quantization, threads
+        )
+        if checked.parity is not None and checked.parity["mismatches"]:
+            raise BundleError(parity_failure(name, quantization, checked.parity))
         cfg = config.compress
         quality = judge(
-            perplexity,
-            reference.perplexity,
-            test,
+            checked.perplexity,
+            checked.reference_perplexity,
+            checked.test,
             recorded_test_metrics(run) or {},
             max_drop=_or(max_accuracy_drop, cfg.max_accuracy_drop),
             max_rise=_or(max_perplexity_rise, cfg.max_perplexity_rise),
         )
+        counts = {"scored_answers": checked.scored, "validation": len(data.validation)}
         variant = {
             "name": f"gguf-{quantization}",
             "quantization": quantization,
             "kept_f16": list(written.kept_f16),
-            "quality": {
-                **quality,
-                "scored_answers": scored,
-                "validation": len(data.validation),
-                "test": len(data.test or []),
-            },
+            "quality": {**quality, **counts, "test": len(data.test or [])},
             "rejected": quality["rejected"],
         }
-        metrics = {"val_perplexity": perplexity, **test}
+        metrics = {"val_perplexity": checked.perplexity, **checked.test}
         manifest = generative_manifest(
             name,
             spec,
             format="gguf",
             model_file=MODEL_FILE,
-            pad_id=int(tokenizer.pad_token_id or 0),
+            pad_id=checked.pad_id,
             metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
             variant=variant,
-            parity=parity,
+            parity=checked.parity,
             config=config.model_dump(mode="json"),
             source=str(run.dir),
             modelyard_version=modelyard.__version__,
         )
         return write_bundle(repo, manifest, {MODEL_FILE: written.path})
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A GGUF file beside the merged model in torch.
+
+    Attributes:
+        parity: the parity record (F32, F16; None for quantized files).
+        perplexity: the engine's validation perplexity.
+        reference_perplexity: torch's, on the same tokens.
+        scored: validation answers the engine reported token by token.
+        test: ``rouge_l``, ``exact_match`` of the engine's test answers (empty: no test file).
+        pad_id: the tokenizer's padding id.
+    """
+
+    parity: dict[str, Any] | None
+    perplexity: float
+    reference_perplexity: float
+    scored: int
+    test: dict[str, float]
+    pad_id: int
+
+
+def check_against_torch(
+    path: Path,
+    merged: Path,
+    config: Any,
+    data: ScoringData,
+    quantization: str,
+    threads: int | None,
+) -> tuple[GenerationSpec, Checked]:
+    """Load the merged directory in torch (fp32) and the GGUF file in llama.cpp, and compare
+    (:mod:`modelyard.exporters.gguf_quality`). Returns the bundle's generation section too."""
+    import torch
+    import transformers
+
+    from modelyard.runtime.llama_cpp import LlamaCppGenerator
+
+    tokenizer: Any = transformers.AutoTokenizer.from_pretrained(str(merged))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32)
+    model.eval()
+    spec = generation_spec(config, merged, tokenizer, quantization)
+    stop_ids = [int(tokenizer.convert_tokens_to_ids(t)) for t in spec.stop_tokens]
+    log.info("export: torch's answers to %d validation records", len(data.validation))
+    reference = torch_reference(model, tokenizer, data, stop_ids)
+    with LlamaCppGenerator(path, context_length=spec.context_length, threads=threads) as engine:
+        parity = None
+        if quantization in TIE_NATS:
+            parity = check_parity(engine, model, tokenizer, reference, quantization)
+            if parity["mismatches"]:
+                return spec, Checked(parity, math.nan, reference.perplexity, 0, {}, 0)
+        log.info("export: scoring %s through llama.cpp", quantization)
+        perplexity, scored = engine_perplexity(engine, reference.prompts, reference.answers)
+        test = {}
+        if data.test:
+            test = score_test(engine, tokenizer, data.test, data.max_new_tokens)
+    pad_id = int(tokenizer.pad_token_id or 0)
+    return spec, Checked(parity, perplexity, reference.perplexity, scored, test, pad_id)
 
 
 def _or(value: float | None, default: float) -> float:
