@@ -34,6 +34,11 @@ class Budget:
     unit: str  # printed after a value: "12.3 MB"
     best: str  # the variant closest to this budget: "smallest"
     verb: str  # how the closest variant is described: "is 12.3 MB"
+    floor: bool = False  # the limit is a least value (tokens/s), not a most
+
+    def fits(self, value: float, limit: float) -> bool:
+        """Whether a measured value meets the limit (NaN never does)."""
+        return value >= limit if self.floor else value <= limit
 
 
 # The accuracy drop is in points for higher-is-better metrics and in relative % for
@@ -42,6 +47,17 @@ BUDGETS: tuple[Budget, ...] = (
     Budget("max_size_mb", lambda m: m.size_mb, "size", "MB", "smallest", "is"),
     Budget("max_p99_ms", lambda m: m.p99_ms, "p99", "ms", "fastest", "has p99"),
     Budget("max_accuracy_drop", lambda m: m.drop, "drop", "points", "most accurate", "drops"),
+    # generative variants: throughput is decode tokens/s, p50 the time to the first token
+    Budget(
+        "min_tokens_per_s",
+        lambda m: m.throughput,
+        "speed",
+        "tokens/s",
+        "fastest",
+        "decodes",
+        floor=True,
+    ),
+    Budget("max_ttft_ms", lambda m: m.p50_ms, "TTFT", "ms", "quickest", "has TTFT"),
 )
 
 
@@ -55,14 +71,18 @@ class BudgetMiss:
     value: float
     limit: float
     unit: str
+    floor: bool = False
 
     @property
     def over(self) -> float:
-        """By how much the value exceeds the limit (same unit)."""
-        return self.value - self.limit
+        """By how much the value misses the limit (same unit; positive)."""
+        return self.limit - self.value if self.floor else self.value - self.limit
 
     def __str__(self) -> str:
-        return f"{self.label} {_num(self.value)} {self.unit} > {self.budget} {_num(self.limit)}"
+        sign = "<" if self.floor else ">"
+        return (
+            f"{self.label} {_num(self.value)} {self.unit} {sign} {self.budget} {_num(self.limit)}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -215,13 +235,14 @@ def _explain_none(
     parts: list[str] = []
     misses: list[BudgetMiss] = []
     for budget, limit in budgets:
-        closest = min(candidates, key=lambda m: (_key(budget.value(m)), m.name))
+        sign = -1.0 if budget.floor else 1.0
+        closest = min(candidates, key=lambda m: (_key(sign * budget.value(m)), m.name))
         value = budget.value(closest)
-        if not value <= limit:  # NaN never fits
+        if not budget.fits(value, limit):
             misses.append(_miss(closest, budget, limit))
             parts.append(
                 f"{budget.best} {fmt} variant {closest.name} {budget.verb} {_num(value)} "
-                f"{budget.unit} > {budget.key} {_num(limit)}"
+                f"{budget.unit} {'<' if budget.floor else '>'} {budget.key} {_num(limit)}"
             )
     if not parts:
         # every budget alone is met by some variant; the closest misses by the least in all,
@@ -259,12 +280,12 @@ def _budgets(target: TargetConfig, higher: bool) -> list[tuple[Budget, float]]:
 
 
 def _miss(m: Measurement, budget: Budget, limit: float) -> BudgetMiss:
-    return BudgetMiss(m.name, budget.key, budget.label, budget.value(m), limit, budget.unit)
+    value = budget.value(m)
+    return BudgetMiss(m.name, budget.key, budget.label, value, limit, budget.unit, budget.floor)
 
 
 def _misses(m: Measurement, budgets: Sequence[tuple[Budget, float]]) -> list[BudgetMiss]:
-    # `not value <= limit` so that a NaN measurement counts as a miss
-    return [_miss(m, b, limit) for b, limit in budgets if not b.value(m) <= limit]
+    return [_miss(m, b, limit) for b, limit in budgets if not b.fits(b.value(m), limit)]
 
 
 def _rank(m: Measurement, higher: bool) -> tuple[float, float, float, str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-_LOWER_IS_BETTER = {"mae", "rmse", "mse", "hamming_loss"}
+_LOWER_IS_BETTER = {"mae", "rmse", "mse", "hamming_loss", "perplexity"}
 
 
 def higher_is_better(name: str) -> bool:

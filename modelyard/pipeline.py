@@ -1,9 +1,9 @@
 """The whole road in one call: ``modelyard run config.yaml``.
 
 train → evaluate → each format's variants, measured (the reference ONNX export and what
-``compress:`` asks for first, then each other format the config names; built by
-:data:`modelyard.compress.FORMAT_VARIANTS`) → choose one variant per deployment target →
-``runs/NAME/variants.json`` and ``report.html``.
+``compress:`` asks for first, then each other format the config names; a generation config's
+GGUF types, scored against the run itself; built by :data:`modelyard.compress.FORMAT_VARIANTS`)
+→ choose one variant per deployment target → ``runs/NAME/variants.json`` and ``report.html``.
 
 Every station is the public API of its package; this module only strings them together, collects
 the measurements and writes the report. A format that cannot be built here (TFLite without
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from modelyard.choice import Choice, choose
 from modelyard.compress.formats import FORMAT_VARIANTS, FormatRequest, wanted_formats
 from modelyard.compress.sources import EvalData
-from modelyard.errors import ConfigError, ModelyardError
+from modelyard.errors import BundleError, ModelyardError
 from modelyard.measure import LabelledTexts, Measurement, format_test_score
 from modelyard.metrics import finite_or_none, higher_is_better
 from modelyard.tasks import get_task
@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modelyard.pipeline")
 
+GENERATIVE_NOTE = (
+    "generative variants: the score is the answers' perplexity through llama.cpp on the "
+    "validation records (drop: % above the run's own in torch); p50/p99 ms are the time to the "
+    "first token, throughput is decode tokens/s of one stream"
+)
 VARIANTS_FILE = "variants.json"
 REPORT_FILE = "report.html"
 TRADEOFF_FILE = "variants.png"
@@ -61,10 +66,13 @@ class PipelineResult:
     variants_path: Path
     metric: str
     notes: list[str] = field(default_factory=list)
+    test_metric: str = ""  # the variants' test column (default: metric)
 
     def summary(self) -> str:
         """A short plain-text table of the variants and the choice per target."""
-        return format_summary(self.variants, self.choices, self.metric, self.notes)
+        return format_summary(
+            self.variants, self.choices, self.metric, self.notes, test_metric=self.test_metric
+        )
 
 
 def run_pipeline(config: Config, *, overwrite: bool = False, echo: bool = True) -> PipelineResult:
@@ -86,19 +94,16 @@ def run_pipeline(config: Config, *, overwrite: bool = False, echo: bool = True) 
     """
     from modelyard.training import train
 
-    if get_task(config.task).generative:
-        raise ConfigError(
-            f"`modelyard run` is the road of models that score texts (compress, export, "
-            f"measure, choose); a {config.task} config trains with `modelyard train` and "
-            "answers with `modelyard generate`"
-        )
-    metric = get_task(config.task).primary_metric
+    task = get_task(config.task)
+    metric = task.variant_metric
     higher = higher_is_better(metric)
     notes: list[str] = []
+    if task.generative:
+        notes.append(GENERATIVE_NOTE)
 
     log.info("run %s: training", config.name)
     run = train(config, overwrite=overwrite)
-    data = _measure_data(config)
+    data = _generation_data(config) if task.generative else _measure_data(config)
     images = _evaluation_images(run, data.test.source if data.test else data.source)
     labels = list(run.labels.labels)
 
@@ -108,13 +113,17 @@ def run_pipeline(config: Config, *, overwrite: bool = False, echo: bool = True) 
         reference_score = variants[0].score if variants else math.nan
         request = FormatRequest(run, config, data, labels, reference_score, notes)
         variants += FORMAT_VARIANTS[fmt](request)
+    if not variants:
+        raise BundleError(f"run {config.name}: no variant was built: " + "; ".join(notes))
     reference = variants[0]
 
     choices = choose(config.targets, variants, higher_is_better=higher)
     _point_aliases(choices, notes)
     variants_path = _write_variants(run, variants, choices, metric, reference.score, notes)
     report_path = _write_report(run, config, data, variants, choices, metric, images, notes)
-    result = PipelineResult(run, variants, choices, report_path, variants_path, metric, notes)
+    result = PipelineResult(
+        run, variants, choices, report_path, variants_path, metric, notes, task.primary_metric
+    )
     if echo:
         print(result.summary())
         print(f"report: {report_path}")
@@ -152,6 +161,19 @@ def _measure_data(config: Config) -> EvalData:
         test = LabelledTexts(list(t.texts), t.targets, str(t.source), "test")
     v = splits.validation
     return EvalData(list(v.texts), v.targets, str(v.source), split="validation", test=test)
+
+
+def _generation_data(config: Config) -> EvalData:
+    """A generation run's validation records, for the record of what variants were selected
+    on (each GGUF export reads and scores them itself: perplexity, parity, timing)."""
+    import numpy as np
+
+    from modelyard.training.generative import read_records
+
+    validation = read_records(config).validation
+    source = config.data.validation or f"{config.data.train} (held out)"
+    texts = [c.messages[-1]["content"] if c.messages else str(c.text) for c in validation]
+    return EvalData(texts, np.empty(0), source, split="validation")
 
 
 def _point_aliases(choices: dict[str, Choice], notes: list[str]) -> None:
@@ -236,26 +258,33 @@ def _write_report(
         run_dir=str(run.dir),
         higher_is_better=higher_is_better(metric),
         test_size=run.test_size,
+        test_metric=get_task(config.task).primary_metric,
     )
     return write_report(content, run.dir / REPORT_FILE)
 
 
 # --------------------------------------------------------------------------------------- summary
 def format_summary(
-    variants: list[Measurement], choices: dict[str, Choice], metric: str, notes: list[str]
+    variants: list[Measurement],
+    choices: dict[str, Choice],
+    metric: str,
+    notes: list[str],
+    *,
+    test_metric: str = "",
 ) -> str:
     """The variants as a fixed-width table, then one line per target."""
     width = max([len("variant"), *(len(m.name) for m in variants)])
+    test_metric = test_metric or metric
     lines = [
         f"{'variant':<{width}}  {'format':<6}  {'size MB':>8}  {'p50 ms':>7}  {'p99 ms':>7}  "
-        f"{'texts/s':>8}  {'val ' + metric:>13}  {'drop':>6}  {'test ' + metric:>22}  status"
+        f"{'texts/s':>8}  {'val ' + metric:>13}  {'drop':>6}  {'test ' + test_metric:>22}  status"
     ]
     for m in variants:
         status = f"rejected: {m.rejected}" if m.rejected else "ok"
         lines.append(
             f"{m.name:<{width}}  {m.format:<6}  {m.size_mb:>8.3g}  {m.p50_ms:>7.2f}  "
             f"{m.p99_ms:>7.2f}  {m.throughput:>8.0f}  {m.score:>13.4f}  {m.drop:>6.2f}  "
-            f"{format_test_score(m, metric):>22}  {status}"
+            f"{format_test_score(m, test_metric):>22}  {status}"
         )
     if choices:
         lines.append("")

@@ -315,15 +315,18 @@ def test_cli_trains_generates_and_evaluates_a_generative_run(
     assert main(predict) == 2
     assert "modelyard generate" in capsys.readouterr().err
 
-    # the classifiers' road says where a generation run goes instead of failing on the way
+    # the classifiers' variants say where a generation run goes instead of failing on the way
+    # (its GGUF variants, `modelyard run` on it and `export --format gguf`: test_gguf_bundle.py)
     assert main(["compress", str(run_dir), "--quantize", "int8-dynamic"]) == 2
-    assert "--merged DIR" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "compress.gguf (f16, q8_0, q4_0)" in err and "--merged DIR" in err
     assert main(["run", str(config_file)]) == 2
-    assert "modelyard generate" in capsys.readouterr().err
+    assert "already holds a trained run" in capsys.readouterr().err
 
     # export: the merged model as a Hugging Face directory, answering as the run does
-    assert main(["export", str(run_dir)]) == 2
-    assert "--merged DIR" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "export it as gguf" in err and "--merged DIR" in err
     merged = tmp_path / "merged"
     assert main(["export", str(run_dir), "--merged", str(merged)]) == 0
     capsys.readouterr()

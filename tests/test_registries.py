@@ -16,6 +16,8 @@ from modelyard.compress import FORMAT_VARIANTS, QUANTIZERS
 from modelyard.config import (
     EXPORT_FORMATS,
     EXPORT_QUANTIZE_MODES,
+    GENERATIVE_FORMATS,
+    GGUF_TYPES,
     MODEL_CONFIGS,
     MODEL_KINDS,
     QUANTIZE_MODES,
@@ -24,6 +26,7 @@ from modelyard.config import (
 )
 from modelyard.errors import ConfigError
 from modelyard.exporters import EXPORTERS
+from modelyard.exporters.gguf import GGUF_TYPES as GGUF_WRITERS
 from modelyard.exporters.litert_convert import TFLITE_QUANTIZERS
 from modelyard.models import MODEL_BUILDERS
 from modelyard.report.tradeoff import FORMAT_COLOURS
@@ -47,7 +50,12 @@ def test_format_registries_are_keyed_by_the_format_names() -> None:
 def test_quantizer_registries_are_keyed_by_the_mode_names() -> None:
     assert tuple(QUANTIZERS) == QUANTIZE_MODES
     assert tuple(TFLITE_QUANTIZERS) == EXPORT_QUANTIZE_MODES["tflite"]
-    assert all(set(modes) <= set(QUANTIZE_MODES) for modes in EXPORT_QUANTIZE_MODES.values())
+    # the formats of scoring models take compress's modes; GGUF its own matrix types
+    scoring = [f for f in EXPORT_FORMATS if f not in GENERATIVE_FORMATS]
+    assert all(set(EXPORT_QUANTIZE_MODES[f]) <= set(QUANTIZE_MODES) for f in scoring)
+    assert EXPORT_QUANTIZE_MODES["gguf"] == GGUF_TYPES
+    assert set(GGUF_WRITERS) == set(GGUF_TYPES)
+    assert set(GENERATIVE_FORMATS) < set(EXPORT_FORMATS)
     # the reference format is quantized after export, by compress
     assert EXPORT_QUANTIZE_MODES[REFERENCE_FORMAT] == ()
 
@@ -66,7 +74,13 @@ def _choices(command: str, flag: str) -> list[str]:
 
 def test_cli_choices_are_the_registries_keys() -> None:
     assert _choices("export", "--format") == list(EXPORTERS)
-    assert _choices("export", "--quantize") == ["int8-dynamic"] == list(TFLITE_QUANTIZERS)
+    # the format's exporter checks --quantize and names what fits (K-quants: why they do not)
+    export_help = next(
+        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices["export"]
+    quantize = next(a for a in export_help._actions if "--quantize" in a.option_strings)
+    for fmt, modes in EXPORT_QUANTIZE_MODES.items():
+        assert all(m in (quantize.help or "") for m in modes), fmt
     assert _choices("compress", "--quantize") == list(QUANTIZERS)
 
 
@@ -94,7 +108,7 @@ def test_export_quantize_on_a_format_whose_exporter_does_not_quantize(
 
     assert main(["export", "runs/none", "--format", "onnx", "--quantize", "int8-dynamic"]) == 2
     err = capsys.readouterr().err
-    assert "--quantize applies to tflite; for ONNX use `modelyard compress`" in err
+    assert "quantize applies to tflite, gguf; for ONNX use `modelyard compress`" in err
 
 
 def test_export_passes_quantize_to_the_formats_exporter(

@@ -7,11 +7,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from modelyard.batch_generate import is_generative_run
 from modelyard.config import (
     EXPORT_FORMATS,
     EXPORT_QUANTIZE_MODES,
     QUANTIZE_MODES,
-    REFERENCE_FORMAT,
 )
 from modelyard.errors import RunError
 
@@ -23,13 +23,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"merged model: {export_merged(args.run, args.merged, which=args.which)}")
         return 0
     options: dict[str, Any] = {}
-    if args.quantize:
-        if args.quantize not in EXPORT_QUANTIZE_MODES[args.format]:
-            takers = [f for f, modes in EXPORT_QUANTIZE_MODES.items() if args.quantize in modes]
-            raise RunError(
-                f"--quantize applies to {', '.join(takers)}; "
-                f"for {REFERENCE_FORMAT.upper()} use `modelyard compress`"
-            )
+    if args.quantize:  # the format's exporter checks the mode and says which fit
         options["quantize"] = args.quantize
     from modelyard.exporters import export
 
@@ -83,7 +77,8 @@ def cmd_aliases(args: argparse.Namespace) -> int:
 def cmd_compress(args: argparse.Namespace) -> int:
     from modelyard.compress import compress
 
-    if args.prune is None and not args.quantize and args.clip is None:
+    nothing = args.prune is None and not args.quantize and args.clip is None
+    if nothing and not is_generative_run(args.source):  # a generation run's: its GGUF types
         raise RunError("nothing to do: give --prune, --quantize and/or --clip")
     clip: float | str | None = args.clip
     if isinstance(clip, str) and not clip.endswith("%"):
@@ -115,14 +110,13 @@ def add_export_commands(sub: Any) -> None:
     """The ``export`` and ``compress`` subcommands."""
     p = sub.add_parser("export", help="export a run as a versioned bundle")
     p.add_argument("run", help="runs/NAME")
-    p.add_argument("--format", default=REFERENCE_FORMAT, choices=EXPORT_FORMATS)
+    p.add_argument("--format", choices=EXPORT_FORMATS, help="default: onnx; generation: gguf")
     p.add_argument("--repo", help="model repository (default: the run config's export.repo)")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint")
     p.add_argument("--name", help="bundle name (default: the run's name)")
     p.add_argument("--merged", metavar="DIR", help="generation runs: the merged model, HF dir")
     p.add_argument(
         "--quantize",
-        choices=sorted({m for modes in EXPORT_QUANTIZE_MODES.values() for m in modes}),
         help="; ".join(f"{f}: {', '.join(m)}" for f, m in EXPORT_QUANTIZE_MODES.items() if m),
     )
     p.add_argument(

@@ -4,58 +4,41 @@
 function that exports, measures and writes that format's variants: for the reference format, the
 fp32 bundle and everything ``compress:`` asks for (:func:`modelyard.compress.compress`); for
 TFLite, fp32 and each mode its exporter applies itself
-(:data:`modelyard.config.EXPORT_QUANTIZE_MODES`). A format that cannot be built (TFLite without
-litert-torch) is a note, not a crash, so the other targets still get their answer. Exporters are
-imported when a format is built: listing the formats needs no torch.
+(:data:`modelyard.config.EXPORT_QUANTIZE_MODES`); for GGUF, each type ``compress.gguf`` names
+(a generation run's). A format that cannot be built (TFLite without litert-torch) is a note,
+not a crash, so the other targets still get their answer. Exporters are imported when a format
+is built: listing the formats needs no torch.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from modelyard.bundle import Bundle, write_bundle
-from modelyard.compress.sources import EvalData
+from modelyard.compress.generative import gguf_variants
+from modelyard.compress.sources import FormatRequest
 from modelyard.compress.variants import compress
-from modelyard.config import EXPORT_FORMATS, EXPORT_QUANTIZE_MODES, REFERENCE_FORMAT, Config
+from modelyard.config import EXPORT_QUANTIZE_MODES, REFERENCE_FORMAT, Config, formats_for
 from modelyard.errors import ModelyardError
 from modelyard.measure import Measurement, measure_bundle
-from modelyard.runs import Run
 from modelyard.staging import staging_dir
+from modelyard.tasks import get_task
 
 log = logging.getLogger("modelyard.pipeline")
 
 
-@dataclass
-class FormatRequest:
-    """What a format's variant builder is given.
-
-    Attributes:
-        run: the trained run.
-        config: its config (``compress:`` says which variants, ``export.repo`` where they go).
-        data: the texts variants are selected on (validation) and reported on (test).
-        labels: the run's label names.
-        reference: the fp32 reference's score (NaN while the reference itself is built).
-        notes: what could not be built and why; builders append to it.
-    """
-
-    run: Run
-    config: Config
-    data: EvalData
-    labels: list[str]
-    reference: float = math.nan
-    notes: list[str] = field(default_factory=list)
-
-
 def wanted_formats(config: Config) -> list[str]:
-    """The reference format (always built), then each other format that ``export.formats`` or
-    a target names, in the order of :data:`~modelyard.config.EXPORT_FORMATS`."""
+    """The reference format (always built when it carries the task's models), then each other
+    format that ``export.formats`` or a target names, in the order of
+    :data:`~modelyard.config.EXPORT_FORMATS`. A generative task's formats are its own
+    (:data:`~modelyard.config.GENERATIVE_FORMATS`): its reference is the run itself."""
     asked = {*config.export.formats, *(t.format for t in config.targets.values())}
-    others = [f for f in EXPORT_FORMATS if f != REFERENCE_FORMAT and f in asked]
-    return [REFERENCE_FORMAT, *others]
+    valid = formats_for(get_task(config.task).generative)
+    first = [REFERENCE_FORMAT] if REFERENCE_FORMAT in valid else []
+    return [*first, *(f for f in valid if f not in first and f in asked)]
 
 
 def onnx_variants(request: FormatRequest) -> list[Measurement]:
@@ -143,6 +126,7 @@ def tflite_variants(request: FormatRequest) -> list[Measurement]:
 FORMAT_VARIANTS: dict[str, Callable[[FormatRequest], list[Measurement]]] = {
     "onnx": onnx_variants,
     "tflite": tflite_variants,
+    "gguf": gguf_variants,
 }
 
 

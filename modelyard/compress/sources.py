@@ -44,6 +44,27 @@ class EvalData:
 
 
 @dataclass
+class FormatRequest:
+    """What a format's variant builder is given.
+
+    Attributes:
+        run: the trained run.
+        config: its config (``compress:`` says which variants, ``export.repo`` where they go).
+        data: the texts variants are selected on (validation) and reported on (test).
+        labels: the run's label names.
+        reference: the fp32 reference's score (NaN while the reference itself is built).
+        notes: what could not be built and why; builders append to it.
+    """
+
+    run: Run
+    config: Config
+    data: EvalData
+    labels: list[str]
+    reference: float = math.nan
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Source:
     run: Run | None
     reference: Bundle

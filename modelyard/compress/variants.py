@@ -26,6 +26,7 @@ from tokenizers import Tokenizer
 
 from modelyard.bundle import Bundle
 from modelyard.compress.clip import ClipReport, ClipSpec, clip_weights, parse_clip
+from modelyard.compress.generative import compress_generative
 from modelyard.compress.quantize import QUANTIZERS, CalibrationData, check_modes, preprocess
 from modelyard.compress.sources import EvalData, Source, calibration_data, eval_data, open_source
 from modelyard.compress.write import (
@@ -115,10 +116,14 @@ def compress(
     if finetune_epochs and prune is None:
         raise ConfigError("compress.finetune_epochs needs compress.prune (it recovers pruning)")
     if is_run_dir(source) and get_task(Run.load(source).task).generative:
-        raise BundleError(
-            f"{source} is a generation run: its compressed variants (GGUF/ONNX quantization) "
-            "are not built yet; `modelyard export RUN --merged DIR` writes the merged model"
-        )
+        if prune is not None or clip is not None or modes:
+            raise BundleError(
+                f"{source} is a generation run: its variants are the GGUF types of its config's "
+                "compress.gguf (f16, q8_0, q4_0), which `modelyard compress RUN` without "
+                "--prune/--quantize/--clip builds; `modelyard export RUN --merged DIR` writes "
+                "the merged model"
+            )
+        return compress_generative(source, repo=repo)
     src = open_source(Path(source), repo)
     if prune is not None and src.run is None:
         raise ConfigError(

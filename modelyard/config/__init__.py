@@ -18,6 +18,8 @@ from modelyard.config.data import KERAS_FILTERS, CleanConfig, DataConfig, Tokeni
 from modelyard.config.deploy import (
     EXPORT_FORMATS,
     EXPORT_QUANTIZE_MODES,
+    GENERATIVE_FORMATS,
+    GGUF_TYPES,
     QUANTIZE_MODES,
     REFERENCE_FORMAT,
     CompressConfig,
@@ -26,6 +28,7 @@ from modelyard.config.deploy import (
     QuantizeMode,
     ServeConfig,
     TargetConfig,
+    formats_for,
 )
 from modelyard.config.families import (
     GENERATIVE_KINDS,
@@ -56,7 +59,9 @@ from modelyard.tasks import get_task, task_names
 __all__ = [
     "EXPORT_FORMATS",
     "EXPORT_QUANTIZE_MODES",
+    "GENERATIVE_FORMATS",
     "GENERATIVE_KINDS",
+    "GGUF_TYPES",
     "KERAS_FILTERS",
     "MODEL_CONFIGS",
     "MODEL_KINDS",
@@ -91,6 +96,7 @@ __all__ = [
     "TransformerConfig",
     "apply_override",
     "dump_config",
+    "formats_for",
     "load_config",
     "validate_config",
 ]
@@ -147,6 +153,34 @@ class Config(StrictModel):
                 f"({', '.join(t for t in task_names() if get_task(t).generative)}), not "
                 f"{self.task!r}"
             )
+        return self._formats_fit_the_task(generative)
+
+    def _formats_fit_the_task(self, generative: bool) -> Config:
+        """A generative task ships in the generative formats alone (a causal LM's decode loop
+        lives in its engine), a scoring task in the others; an unset format is the first that
+        fits."""
+        valid = formats_for(generative)
+        if "formats" not in self.export.model_fields_set:
+            self.export.formats = [valid[0]]  # type: ignore[list-item]
+        for target in self.targets.values():
+            if "format" not in target.model_fields_set:
+                target.format = valid[0]  # type: ignore[assignment]
+        asked = [("export.formats", f) for f in self.export.formats]
+        asked += [(f"targets.{n}.format", t.format) for n, t in self.targets.items()]
+        for key, fmt in asked:
+            if fmt not in valid:
+                what = "writes text" if generative else "scores texts"
+                raise ValueError(
+                    f"{key}: {fmt!r} does not carry a model that {what} (task {self.task!r}); "
+                    f"valid: {', '.join(valid)}"
+                )
+        for name, target in self.targets.items():
+            budgets = ["max_p99_ms"] if generative else ["min_tokens_per_s", "max_ttft_ms"]
+            for key in (k for k in budgets if getattr(target, k) is not None):
+                raise ValueError(
+                    f"targets.{name}.{key}: a {target.format} target is not measured so "
+                    "(generative formats: min_tokens_per_s, max_ttft_ms; the others: max_p99_ms)"
+                )
         return self
 
     @property

@@ -18,14 +18,34 @@ from modelyard.errors import ConfigError
 # EXPORT_FORMATS. The CLI's choices are read from here too, so it never imports torch to list them.
 QuantizeMode = Literal["int8-dynamic", "int8-static", "fp16"]
 QUANTIZE_MODES: tuple[str, ...] = get_args(QuantizeMode)
-ExportFormat = Literal["onnx", "tflite"]
+ExportFormat = Literal["onnx", "tflite", "gguf"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+# the formats that carry a generative model (a causal LM with its own decode loop in the engine);
+# the others carry models that score texts. A config pairs a generative task with these alone.
+GENERATIVE_FORMATS: tuple[str, ...] = ("gguf",)
+# GGUF's matrix types that the exporter writes (exporters.gguf.GGUF_TYPES is keyed by them); the
+# first is `modelyard export --format gguf`'s default, the rest in order of size
+GGUFType = Literal["f16", "q8_0", "q4_0", "f32"]
+GGUF_TYPES: tuple[str, ...] = get_args(GGUFType)
 # always built: the fp32 reference every variant is measured against, and the graphs compress
 # prunes, clips and quantizes
 REFERENCE_FORMAT: ExportFormat = "onnx"
 # the modes each format's exporter applies itself (`modelyard export --quantize`, the pipeline's
 # variants of that format); the reference format is quantized after export, by compress
-EXPORT_QUANTIZE_MODES: dict[str, tuple[str, ...]] = {"onnx": (), "tflite": ("int8-dynamic",)}
+EXPORT_QUANTIZE_MODES: dict[str, tuple[str, ...]] = {
+    "onnx": (),
+    "tflite": ("int8-dynamic",),
+    "gguf": GGUF_TYPES,
+}
+
+
+def formats_for(generative: bool) -> tuple[str, ...]:
+    """The export formats that carry a generative model, or those that carry a scoring one."""
+    return tuple(f for f in EXPORT_FORMATS if (f in GENERATIVE_FORMATS) == generative)
+
+
+def _default_gguf() -> list[GGUFType]:
+    return ["f16", "q8_0", "q4_0"]
 
 
 class CompressConfig(StrictModel):
@@ -35,6 +55,11 @@ class CompressConfig(StrictModel):
     quantize: list[QuantizeMode] = Field(default_factory=list)
     clip: float | None = Field(None, gt=0.0)
     max_accuracy_drop: float = Field(1.0, ge=0.0)  # points
+    # generation: the GGUF variants `run` writes, and how much validation perplexity (through
+    # the engine, % above the run's own in torch) a variant may add before it is rejected; its
+    # test ROUGE-L may lose max_accuracy_drop points against the run's
+    gguf: list[GGUFType] = Field(default_factory=_default_gguf, min_length=1)
+    max_perplexity_rise: float = Field(10.0, ge=0.0)  # % of the run's validation perplexity
 
     @field_validator("quantize", mode="before")
     @classmethod
@@ -54,10 +79,15 @@ class ExportConfig(StrictModel):
 
 
 class TargetConfig(StrictModel):
+    # default: the reference format (a generation config's: its first generative format)
     format: ExportFormat = REFERENCE_FORMAT
     max_size_mb: float | None = Field(None, gt=0.0)
     max_p99_ms: float | None = Field(None, gt=0.0)
+    # points of the primary metric; % of the reference for a lower-is-better one (perplexity)
     max_accuracy_drop: float | None = Field(None, ge=0.0)
+    # generative formats: decode speed of one stream, and time to the first token of a prompt
+    min_tokens_per_s: float | None = Field(None, gt=0.0)
+    max_ttft_ms: float | None = Field(None, gt=0.0)
 
 
 class ServeConfig(StrictModel):

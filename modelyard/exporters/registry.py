@@ -7,9 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.bundle import Bundle
-from modelyard.config import REFERENCE_FORMAT
+from modelyard.config import (
+    EXPORT_QUANTIZE_MODES,
+    GENERATIVE_FORMATS,
+    REFERENCE_FORMAT,
+    formats_for,
+)
 from modelyard.errors import BundleError
 from modelyard.exporters.gguf import GGUFFile, write_gguf
+from modelyard.exporters.gguf_bundle import export_gguf_bundle
 from modelyard.exporters.onnx import export_onnx
 from modelyard.exporters.tflite import export_tflite
 from modelyard.runs import Run
@@ -18,13 +24,17 @@ from modelyard.tasks import get_task
 
 # bundle format (config.EXPORT_FORMATS: tests/test_registries.py) -> exporter(run, *, repo, which,
 # name, ...)
-EXPORTERS: dict[str, Callable[..., Bundle]] = {"onnx": export_onnx, "tflite": export_tflite}
+EXPORTERS: dict[str, Callable[..., Bundle]] = {
+    "onnx": export_onnx,
+    "tflite": export_tflite,
+    "gguf": export_gguf_bundle,
+}
 
 
 def export(
     run: Run | str | Path,
     *,
-    format: str = REFERENCE_FORMAT,
+    format: str | None = None,
     repo: str | Path | None = None,
     which: str = "best",
     name: str | None = None,
@@ -34,31 +44,48 @@ def export(
 
     Args:
         run: a :class:`modelyard.runs.Run` or its directory (``runs/NAME``).
-        format: the bundle format, a key of :data:`EXPORTERS` (``onnx``, ``tflite``).
+        format: the bundle format, a key of :data:`EXPORTERS`: ``onnx`` (the default) or
+            ``tflite`` for runs that score texts; ``gguf`` (the default) for generation runs.
         repo: the model repository; default: the run config's ``export.repo`` (``models``).
         which: the checkpoint, ``best`` or ``last``.
         name: the model name in the repository; default: the run's name.
-        options: format-specific settings (``tflite``: ``quantize``, ``batch_size``).
+        options: format-specific settings (``tflite``: ``quantize``, ``batch_size``;
+            ``gguf``: ``quantize``, ``max_accuracy_drop``, ``max_perplexity_rise``, ``threads``:
+            :func:`modelyard.exporters.gguf_bundle.export_gguf_bundle`).
 
     Returns:
         The written :class:`Bundle` (its ``manifest.parity`` holds the measured difference).
 
     Raises:
-        BundleError: the format is unknown, the graph is not self-contained, or the exported
-            model disagrees with torch beyond the tolerance; no bundle is left behind.
+        BundleError: the format is unknown or does not carry the run's kind of model, the graph
+            is not self-contained, or the exported model disagrees with torch beyond the
+            tolerance; no bundle is left behind.
         RunError: the run directory is missing or incomplete.
     """
-    exporter = EXPORTERS.get(format)
-    if exporter is None:
+    if format is not None and format not in EXPORTERS:
         raise BundleError(f"unknown export format {format!r}; known: {', '.join(EXPORTERS)}")
-    run = run if isinstance(run, Run) else Run.load(run)
-    if get_task(run.task).generative:
+    if format is not None and options.get("quantize") and not EXPORT_QUANTIZE_MODES[format]:
+        takers = [f for f, modes in EXPORT_QUANTIZE_MODES.items() if modes]
         raise BundleError(
-            f"{run.dir} is a {run.task} run: export its merged model with `modelyard export "
-            "RUN --merged DIR` (a Hugging Face directory that transformers, vLLM and "
-            "llama.cpp's converter read); it answers with `modelyard generate RUN`"
+            f"quantize applies to {', '.join(takers)}; "
+            f"for {REFERENCE_FORMAT.upper()} use `modelyard compress`"
         )
-    return exporter(run, repo=repo, which=which, name=name, **options)
+    run = run if isinstance(run, Run) else Run.load(run)
+    generative = get_task(run.task).generative
+    format = format or formats_for(generative)[0]
+    if (format in GENERATIVE_FORMATS) != generative:
+        valid = ", ".join(formats_for(generative))
+        if not generative:
+            raise BundleError(
+                f"{run.dir} is a {run.task} run; {format} carries generative models: export "
+                f"it as {valid}"
+            )
+        raise BundleError(
+            f"{run.dir} is a {run.task} run; {format} carries models that score texts: export "
+            f"it as {valid} (llama.cpp; ONNX for onnxruntime-genai is not built, see "
+            "docs/benchmarks.md), or its merged model with `modelyard export RUN --merged DIR`"
+        )
+    return EXPORTERS[format](run, repo=repo, which=which, name=name, **options)
 
 
 def export_merged(run: Run | str | Path, directory: str | Path, *, which: str = "best") -> Path:

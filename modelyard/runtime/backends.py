@@ -14,6 +14,7 @@ import numpy as np
 
 from modelyard.errors import BundleError, ConfigError
 from modelyard.runtime.litert import LiteRTBackend
+from modelyard.runtime.llama_cpp import LlamaCppGenerator
 
 Providers = str | Sequence[str] | None
 
@@ -120,4 +121,8 @@ class ONNXBackend:
 
 
 # bundle format (config.EXPORT_FORMATS: tests/test_registries.py) -> backend class
-BACKENDS: dict[str, Callable[..., Backend]] = {"onnx": ONNXBackend, "tflite": LiteRTBackend}
+BACKENDS: dict[str, Callable[..., Backend]] = {
+    "onnx": ONNXBackend,
+    "tflite": LiteRTBackend,
+    "gguf": LlamaCppGenerator,  # type: ignore[dict-item]  # a generator: load() takes it first
+}

@@ -176,6 +176,11 @@ class Task:
         """The validation record key that picks the best checkpoint by default."""
         return f"val_{self.primary_metric}"
 
+    @property
+    def variant_metric(self) -> str:
+        """What an export's variants are scored and chosen by on the validation split."""
+        return self.primary_metric
+
     def predictions(
         self,
         labels: Sequence[str],

@@ -59,3 +59,9 @@ class Generation(Task):
     @property
     def monitor(self) -> str:
         return "val_loss"
+
+    @property
+    def variant_metric(self) -> str:
+        # answers' perplexity through the engine: every token counts, where ROUGE-L of greedy
+        # answers moves only when an answer changes (test ROUGE-L is reported beside it)
+        return "perplexity"
