@@ -7,10 +7,11 @@ The shipped examples were tuned on the shipped data; these two stand in for data
   else ``/var/lib/dpkg/status``), labelled by their ``Section:``. One package per source package
   and description (the ``-dev``/``-doc`` siblings repeat each other), at most ``--per-class``
   per section, split 80/20 by a hash of the package name (so the split never moves).
-- ``py_docstrings``: an 11-class topic set of long technical descriptions: the docstrings of the
-  public functions and classes of 11 Python packages installed beside modelyard (read with
-  ``ast``, nothing imported), labelled by package, at most ``--per-class`` each, split 80/20 by
-  a hash of the qualified name. The stand-in for the long-text 11-class held-out set: this
+- ``py_docstrings`` and ``py_docstrings_b``: two 11-class topic sets of long technical
+  descriptions (one to tune on, one to confirm on): the docstrings of the public functions and
+  classes of 11 Python packages each (disjoint sets) installed beside modelyard, read with
+  ``ast`` (nothing imported), labelled by package, at most ``--per-class`` each, split 80/20 by
+  a hash of the qualified name. The stand-ins for the long-text 11-class held-out set: this
   machine's apt lists hold only the one-line package descriptions (``debian_sections`` is that
   short-text variant) and its dpkg status only ~700 installed packages.
 - ``movie_binary``: the shipped movie snippets (``data/movie_snippets``, ~10.6k sentences)
@@ -100,10 +101,16 @@ def debian_sections(out: Path, per_class: int) -> None:
     write(out / "debian_sections", train, test, "label")
 
 
-PACKAGES = (
-    "transformers", "ray", "torch", "sympy", "scipy", "networkx", "numpy", "pygments", "nltk",
-    "sqlalchemy", "matplotlib",
-)  # fmt: skip
+PACKAGES = {  # two disjoint sets of 11 packages: one to tune on, one to confirm on
+    "py_docstrings": (
+        "transformers", "ray", "torch", "sympy", "scipy", "networkx", "numpy", "pygments", "nltk",
+        "sqlalchemy", "matplotlib",
+    ),
+    "py_docstrings_b": (
+        "jax", "onnx", "optuna", "fontTools", "pip", "setuptools", "mypy", "huggingface_hub",
+        "peft", "opentelemetry", "PIL",
+    ),
+}  # fmt: skip
 
 
 def docstrings(package: Path) -> list[tuple[str, str]]:
@@ -125,21 +132,21 @@ def docstrings(package: Path) -> list[tuple[str, str]]:
     return out
 
 
-def py_docstrings(out: Path, per_class: int) -> None:
+def py_docstrings(out: Path, per_class: int, name: str) -> None:
     site = Path(sysconfig.get_paths()["purelib"])
     seen: set[str] = set()
     train, test = [], []
-    for name in PACKAGES:
-        items = [(q, t) for q, t in docstrings(site / name) if len(t.split()) >= 15]
-        random.Random(name).shuffle(items)
+    for package in PACKAGES[name]:
+        items = [(q, t) for q, t in docstrings(site / package) if len(t.split()) >= 15]
+        random.Random(package).shuffle(items)
         kept = 0
         for qualified, text in items:
             if text in seen or kept >= per_class:
                 continue
             seen.add(text)
             kept += 1
-            (test if bucket(qualified) < 20 else train).append((text, name))
-    write(out / "py_docstrings", train, test, "label")
+            (test if bucket(qualified) < 20 else train).append((text, package))
+    write(out / name, train, test, "label")
 
 
 def movie_binary(out: Path) -> None:
@@ -172,7 +179,8 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=360)
     args = parser.parse_args()
     debian_sections(Path(args.out), args.per_class)
-    py_docstrings(Path(args.out), args.per_class)
+    for name in PACKAGES:
+        py_docstrings(Path(args.out), args.per_class, name)
     movie_binary(Path(args.out))
 
 

@@ -193,7 +193,8 @@ def heldout_config(
     raw["task"] = task
     kept = {k: v for k, v in raw["data"].items() if k in ("validation_split", "clean")}
     raw["data"] = {**kept, "train": files[0], "test": files[1], "text": text, "label": label}
-    raw.update(name=f"heldout-{Path(contender).stem}-s{seed}", seed=seed, output_dir=out)
+    name = f"{Path(files[0]).parent.name}-{Path(contender).stem}-s{seed}"
+    raw.update(name=name, seed=seed, output_dir=out)
     raw.setdefault("train", {})["progress"] = False
     for item in overrides:
         apply_override(raw, item)
