@@ -54,7 +54,7 @@ model:
   dropout: 0.3                  # on the averaged vector
 
 train:
-  optimizer: {{name: adam, lr: 0.005}}   # sgd | adam | adamw | rmsprop | adagrad
+  optimizer: {{name: adam, lr: 0.002}}   # sgd | adam | adamw | rmsprop | adagrad
   schedule: {{name: constant}}           # constant | linear | cosine | plateau
   loss: {kind.starter.loss_comment}
   epochs: 30                    # a ceiling: early stopping ends the run at its plateau
