@@ -40,7 +40,7 @@ data:
 tokenizer:
   kind: bpe                     # word (Keras-style) | bpe | wordpiece | pretrained
   vocab_size: 16000             # bpe / wordpiece: subword pieces learnt from the training texts
-  max_length: 512               # longer texts are truncated; the bag is cheap at any length
+  max_length: 256               # longer texts are truncated; the bag is cheap at any length
   padding_side: right
   truncation_side: right
 
