@@ -60,5 +60,7 @@ train:
   epochs: 30                    # a ceiling: early stopping ends the run at its plateau
   batch_size: 32
   monitor: {kind.monitor:<21} # picks the best checkpoint, the one scored and exported
-  early_stopping: {{patience: 3}}        # on train.monitor; null trains every epoch
+  # stop on the loss, which keeps improving after the accuracy of a small validation split
+  # first stalls (py_docstrings: 0.853 stopping on val_accuracy, 0.876 on val_loss)
+  early_stopping: {{monitor: val_loss, patience: 3}}   # null trains every epoch
 """
