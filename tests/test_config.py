@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from modelyard.config import (
+    MODEL_KINDS,
     Config,
     RNNConfig,
     TransformerConfig,
@@ -43,6 +44,21 @@ def test_starter_configs_validate(task: str) -> None:
     raw = yaml.safe_load(starter_config(task, "demo"))
     config = validate_config(raw)
     assert config.task == task
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_example_says_what_it_was_measured_on(path: Path) -> None:
+    assert "# Measured on" in path.read_text(encoding="utf-8")
+
+
+def test_starter_config_is_the_measured_default_and_lists_every_family() -> None:
+    text = starter_config("multiclass", "demo")
+    assert all(kind in text for kind in MODEL_KINDS)
+    assert "modelyard tune demo/config.yaml --budget 20m" in text
+    config = validate_config(yaml.safe_load(text))
+    assert (config.model.kind, config.tokenizer.kind) == ("bag_of_ngrams", "bpe")
+    # train.epochs is a ceiling: early stopping on the task's monitor ends the run
+    assert config.train.early_stopping is not None and config.train.epochs >= 20
 
 
 def test_seed_reproduces_the_keras_recipe() -> None:

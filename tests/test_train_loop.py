@@ -136,6 +136,20 @@ def test_training_options_run(tmp_path: Path, settings: dict[str, Any]) -> None:
         assert len(run.history) == 3 and not run.info["stopped_early"]
 
 
+def test_early_stopping_is_the_default_and_follows_the_monitor(tmp_path: Path) -> None:
+    assert load_config({**_raw(tmp_path), "train": {}}).train.early_stopping is not None
+    # nothing beats the first epoch by 10 in accuracy (train.monitor): epochs is a ceiling
+    config = tiny_config(tmp_path, epochs=6, monitor="accuracy", early_stopping={"min_delta": 10})
+    run = train(config)
+    assert run.info["stopped_early"] and len(run.history) == 4  # the best epoch, then patience 3
+    # restore best: the checkpoint scored is the best epoch's, not the last one trained
+    accuracy = [r["val_accuracy"] for r in run.history]
+    assert run.info["best_epoch"] == accuracy.index(max(accuracy)) + 1
+    assert run.info["monitor"] == "val_accuracy"
+    off = train(tiny_config(tmp_path, name="off", epochs=4, early_stopping=None))
+    assert len(off.history) == 4 and not off.info["stopped_early"]
+
+
 def test_bad_monitor_and_missing_tensorboard_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"train\.monitor: unknown metric 'rmse'"):
         train(tiny_config(tmp_path, monitor="rmse"))

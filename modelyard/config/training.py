@@ -47,7 +47,11 @@ class LossConfig(StrictModel):
 
 
 class EarlyStoppingConfig(StrictModel):
-    monitor: str = "val_loss"
+    """On by default: ``train.epochs`` is a ceiling, a run stops once its monitored validation
+    metric has not improved for ``patience`` epochs, and the best epoch's checkpoint is the one
+    scored and exported (``train.early_stopping: null`` trains every epoch)."""
+
+    monitor: str | None = None  # None: train.monitor, the metric that picks the best checkpoint
     mode: Literal["auto", "min", "max"] = "auto"
     patience: int = Field(3, ge=1)
     min_delta: float = Field(0.0, ge=0.0)
@@ -63,7 +67,7 @@ class TrainConfig(StrictModel):
     grad_accum_steps: int = Field(1, ge=1)
     bucketing: bool = True  # length-bucketed batches, padded to the batch's longest text
     monitor: str = "val_loss"  # which validation metric picks the best checkpoint
-    early_stopping: EarlyStoppingConfig | None = None
+    early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
     checkpoint_every_steps: int | None = Field(None, ge=1)  # mid-epoch checkpoints for resume
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:[0-9]+)$")  # auto|cpu|cuda|cuda:N
     # data-parallel runs (--nproc N, torchrun): auto = nccl on CUDA, gloo on CPU

@@ -256,7 +256,9 @@ class Monitoring:
         early = None
         if tcfg.early_stopping is not None:
             es = tcfg.early_stopping
-            es_monitor = resolve_monitor(es.monitor, monitors, "train.early_stopping.monitor")
+            es_monitor = resolve_monitor(
+                es.monitor or tcfg.monitor, monitors, "train.early_stopping.monitor"
+            )
             mode = metric_mode(es_monitor) if es.mode == "auto" else es.mode
             early = EarlyStopping(BestTracker(es_monitor, mode, es.min_delta), es.patience)
         schedule = tcfg.schedule
