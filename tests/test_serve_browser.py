@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -247,3 +248,67 @@ def test_chat_streams_a_reply_and_stop_cuts_one_short(browser: Any, tmp_path: Pa
         assert 3 <= cut < 60
         wait_for(lambda: generator.cut >= 1)  # the server stopped generating too
         browser.save_screenshot(str(tmp_path / "chat-stopped.png"))
+
+
+def test_a_real_server_classifies_and_streams_a_gguf_chat_that_stop_cuts_short(
+    browser: Any, tmp_path: Path
+) -> None:
+    """`modelyard serve` (a process) holding a classifier and a GGUF bundle on llama.cpp: the
+    page classifies a text, streams a chat reply and stops a long one mid-way."""
+    from helpers.tiny_llm import tiny_gguf_bundle, tiny_llama_dir, tiny_tokenizer
+    from selenium.webdriver.common.by import By
+
+    root = tmp_path / "models"
+    build_real_bundle(root, "tiny")
+    # a random llama wide enough that a long greedy answer takes seconds (it rarely ends itself)
+    model_dir = tiny_llama_dir(tmp_path / "hf", tiny_tokenizer(), positions=4096, width=512)
+    tiny_gguf_bundle(root, model_dir, name="tiny-llm")
+    server = ServerProcess(root, "--generation-threads", "1", "--generation-slots", "2")
+    try:
+        browser.get(server.url + "/")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#models tbody tr")
+        names = {r.find_element(By.TAG_NAME, "th").text: r.text for r in rows}
+        assert set(names) == {"tiny", "tiny-llm"} and "gguf" in names["tiny-llm"]
+        browser.find_element(By.ID, "try-text").send_keys("a great film")
+        browser.find_element(By.ID, "try-go").click()
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#try-result .bars li"))
+
+        tokens = browser.find_element(By.ID, "chat-max-tokens")
+        tokens.clear()
+        tokens.send_keys("6")
+        browser.find_element(By.ID, "chat-text").send_keys("What is a cat?")
+        browser.find_element(By.ID, "chat-send").click()
+        replies = ".msg.assistant"
+        first = lambda: browser.find_elements(By.CSS_SELECTOR, replies)[0]  # noqa: E731
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, replies))
+        assert wait_for(lambda: first().get_attribute("data-done"), 30) == "finished"
+        assert first().find_element(By.CLASS_NAME, "text").text.strip()
+        browser.save_screenshot(str(tmp_path / "gguf-chat.png"))
+
+        temperature = browser.find_element(By.ID, "chat-temperature")
+        temperature.clear()
+        temperature.send_keys("0")
+        tokens.clear()
+        tokens.send_keys("4000")
+        browser.find_element(By.ID, "chat-text").send_keys("Once upon a time")
+        browser.find_element(By.ID, "chat-send").click()
+        second = lambda: browser.find_elements(By.CSS_SELECTOR, replies)[1]  # noqa: E731
+        wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, replies)) == 2)
+        wait_for(lambda: second().find_element(By.CLASS_NAME, "text").text.strip(), 30)
+        browser.find_element(By.ID, "chat-stop").click()
+        assert wait_for(lambda: second().get_attribute("data-done"), 30) == "stopped"
+        browser.save_screenshot(str(tmp_path / "gguf-chat-stopped.png"))
+
+        def slots_free() -> bool:  # the server stopped generating too
+            metrics = urllib.request.urlopen(server.url + "/metrics", timeout=5).read().decode()
+            running = [
+                line
+                for line in metrics.splitlines()
+                if line.startswith("vllm:num_requests_running{")
+            ]
+            return bool(running) and all(line.endswith(" 0.0") for line in running)
+
+        wait_for(slots_free, 30)
+        assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        assert server.stop() == 0

@@ -47,15 +47,18 @@ def tiny_tokenizer(template: str | None = CHATML, texts: list[str] | None = None
     )
 
 
-def tiny_llama_dir(directory: Path, tokenizer: Any, *, seed: int = 0, positions: int = 128) -> Path:
-    """Save a random 2-layer llama (width 32) and ``tokenizer`` as a Hugging Face directory."""
+def tiny_llama_dir(
+    directory: Path, tokenizer: Any, *, seed: int = 0, positions: int = 128, width: int = 32
+) -> Path:
+    """Save a random 2-layer llama (width 32, or ``width``) and ``tokenizer`` as a Hugging Face
+    directory."""
     import torch
     import transformers
 
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=width,
+        intermediate_size=2 * width,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
