@@ -129,6 +129,7 @@ class ServeConfig(StrictModel):
     generation_timeout_s: float = Field(300.0, gt=0.0)
     generation_threads: int | None = Field(None, ge=1)
     generation_context_length: int | None = Field(None, ge=16)
+    generation_prompt_cache_mib: int = Field(256, ge=0)
     # the web page at / (models, try it, live figures) and the API description at /docs
     ui: bool = True
 
@@ -170,6 +171,8 @@ _FLAG_HELP = {
     "generation_timeout_s": "generative models: each request's deadline (default 300)",
     "generation_threads": "generative models: llama.cpp's threads (default: every core)",
     "generation_context_length": "generative models: context per request (default: the bundle's)",
+    "generation_prompt_cache_mib": "generative models: host memory for shared prompt prefixes "
+    "(default 256; 0: none)",
     "ui": "the web page at / and the API docs at /docs (default: on)",
 }
 

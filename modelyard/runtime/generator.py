@@ -66,6 +66,7 @@ class GeneratorSettings:
     slots: int = 1
     threads: int | None = None
     context_length: int | None = None
+    prompt_cache_mib: int = 0  # host memory for prompts a slot moved on from (shared prefixes)
 
 
 class Generator:
@@ -344,5 +345,6 @@ def load_generator(bundle: Bundle, settings: GeneratorSettings | None = None) ->
         context_length=context,
         slots=settings.slots,
         threads=settings.threads,
+        prompt_cache_mib=settings.prompt_cache_mib,
     )
     return Generator(bundle, engine, context)

@@ -76,6 +76,9 @@ class LlamaCppGenerator:
         threads: CPU threads for decoding and for prompt processing.
         cache_prompt: reuse a slot's cached prompt prefix. Off by default: a reused cache
             changes the numerics, so the same greedy request can answer differently.
+        prompt_cache_mib: host memory for prompts whose slot has moved on (llama.cpp's
+            ``cache_ram_mib``), so a prefix many requests share is prefilled once, not once per
+            slot; 0: none.
 
     Raises:
         BundleError: ``xllamacpp`` is not installed, the file is missing, or llama.cpp
@@ -90,6 +93,7 @@ class LlamaCppGenerator:
         slots: int = 1,
         threads: int | None = None,
         cache_prompt: bool = False,
+        prompt_cache_mib: int = 0,
     ) -> None:
         try:
             import xllamacpp
@@ -109,7 +113,9 @@ class LlamaCppGenerator:
             os.cpu_count() or 1
         )
         params.warmup = False
-        params.cache_ram_mib = 0  # no host-memory prompt cache beside the slots' own
+        # prompts kept in host memory once their slot moves on, restored into any slot whose
+        # request shares their prefix (a system prompt every chat repeats); 0: the slots' own only
+        params.cache_ram_mib = prompt_cache_mib
         params.verbosity = -1  # llama.cpp logs errors only
         # xllamacpp also listens on a random 127.0.0.1 port (llama.cpp's own HTTP server); a key
         # no one knows closes it to other local processes, calls in-process never ask for one

@@ -94,6 +94,7 @@ def generator_settings(settings: ServeConfig) -> GeneratorSettings:
         slots=settings.generation_slots,
         threads=settings.generation_threads,
         context_length=settings.generation_context_length,
+        prompt_cache_mib=settings.generation_prompt_cache_mib,
     )
 
 
