@@ -6,6 +6,8 @@ models kept to their own routes. The real engine is tests/test_generation_engine
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -247,10 +249,15 @@ def test_a_client_gone_before_a_whole_answer_stops_the_engine(tmp_path: Path) ->
     repo = toy_repo(tmp_path / "models", {"toy-llm": [1]})
     app = create_app(str(repo), ServeConfig(), loader=mixed_loader({"toy-llm": toy}), poll=False)
     with ThreadServer(app) as server:
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(
-                server.url + "/v1/chat/completions", json=CHAT | {"max_tokens": 60}, timeout=0.3
-            )
+        body = json.dumps(CHAT | {"max_tokens": 60}).encode()
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(head.encode() + body)
+            _until(lambda: toy.active == 1)  # the engine is answering (60 tokens take 3 s)
+        # the client hung up before the whole answer: the engine stops at its next token
         _until(lambda: toy.active == 0)
         assert toy.cut == 1
 
