@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -166,9 +167,9 @@ def file_config(path: str, seed: int, epochs: int | None, overrides: list[str], 
     return config.model_copy(update={"name": f"{config.name}-s{seed}"})
 
 
-# what --heldout trains beside the baseline; "init" is the starter config of `modelyard init`.
-# The `tune` contender (`modelyard tune CONFIG --budget ...` on the starter config) goes here.
-HELDOUT_CONTENDERS = ["examples/bag_of_ngrams.yaml", "init"]
+# what --heldout trains beside the baseline; "init" is the starter config of `modelyard init`,
+# "tune" is `modelyard tune` on that starter config within --tune-budget (add it to --contenders)
+HELDOUT_CONTENDERS = ["examples/bag_of_ngrams.yaml", "examples/linear_ngrams.yaml", "init"]
 
 
 def heldout_task(train: str, label: str) -> str:
@@ -186,8 +187,8 @@ def heldout_config(
 ) -> Config:  # fmt: skip
     """A contender's config with only ``task`` and ``data`` changed, as a user would."""
     task = heldout_task(files[0], label)
-    if contender == "init":
-        raw = yaml.safe_load(starter_config(task, "init"))
+    if contender in ("init", "tune"):
+        raw = yaml.safe_load(starter_config(task, contender))
     else:
         raw = yaml.safe_load((ROOT / contender).read_text(encoding="utf-8"))
     raw["task"] = task
@@ -201,9 +202,19 @@ def heldout_config(
     return validate_config(raw, contender)
 
 
-def train_one(config: Config) -> tuple[dict[str, float], float]:
-    """Train, return the test metrics of the best checkpoint and the wall time."""
+def train_one(config: Config, tune_budget: str | None = None) -> tuple[dict[str, float], float]:
+    """Train (or, with ``tune_budget``, tune), return the winner's test metrics and the time."""
     t0 = time.perf_counter()
+    if tune_budget is not None:
+        from modelyard.search import tune
+
+        out = Path(config.output_dir) / f"{config.name}-tune"
+        shutil.rmtree(out, ignore_errors=True)
+        result = tune(config, budget=tune_budget, out_dir=out, progress=print)
+        if result.best is None or result.best.test_metrics is None:
+            raise SystemExit(f"{config.name}: the tune finished no trial")
+        print(f"  {config.name}: {result.leaderboard[0].candidate} won, in {result.spent_s:.0f} s")
+        return dict(result.best.test_metrics), time.perf_counter() - t0
     run = modelyard.train(config, overwrite=True)
     if run.test_metrics is None:
         raise SystemExit(f"{config.name}: the config has no test file")
@@ -304,7 +315,9 @@ def main() -> None:
         metavar=("TRAIN", "TEST"),
         help="held-out style: any CSV pair, the contenders vs TF-IDF + LR",
     )
-    parser.add_argument("--contenders", nargs="+", default=HELDOUT_CONTENDERS)
+    parser.add_argument("--contenders", nargs="+", default=HELDOUT_CONTENDERS,
+                        help="--heldout: config files, init, tune")  # fmt: skip
+    parser.add_argument("--tune-budget", default="20m", help="--heldout: the tune contender's")
     parser.add_argument("--text", default="text", help="--heldout: the text column")
     parser.add_argument("--label", default="label", help="--heldout: the label column")
     parser.add_argument("--no-baseline", action="store_true")
@@ -344,7 +357,8 @@ def main() -> None:
             for seed in args.seeds:
                 config = config_for(family, seed)
                 task_of[dataset] = config.task
-                metrics, secs = train_one(config)
+                budget = args.tune_budget if args.heldout and family == "tune" else None
+                metrics, secs = train_one(config, budget)
                 row.add(metrics, secs)
                 _report(dataset, family, seed, config.task, metrics, secs)
             rows.append(row)

@@ -49,6 +49,7 @@ MODELS: dict[str, dict[str, Any]] = {
         "dropout": 0.0,
     },
     "bag_of_ngrams": {"kind": "bag_of_ngrams", "embedding_dim": 16, "buckets": 256},
+    "linear_ngrams": {"kind": "linear_ngrams", "buckets": 4096, "word_window": 8},
 }
 LONG = " ".join(["the good film and the awful plot"] * 12)
 DEFAULT_PAIRS = {
@@ -56,6 +57,7 @@ DEFAULT_PAIRS = {
     ("gru", "multilabel"),
     ("cnn", "multiclass"),
     ("transformer", "regression"),
+    ("linear_ngrams", "multilabel"),
 }
 FULL_MATRIX = os.environ.get("MODELYARD_EXPORT_MATRIX") == "full"
 

@@ -102,14 +102,14 @@ def test_sampled_values_always_make_valid_configs(tmp_path: Path) -> None:
             kinds.add(config.model.kind)
             assert all(k.startswith(f"{candidate.name}.") for k in trial.params)
             study.tell(trial, 0.5)
-    assert kinds == {"bag_of_ngrams", "cnn", "pretrained"}
+    assert kinds == {"linear_ngrams", "bag_of_ngrams", "cnn", "pretrained"}
 
 
 @pytest.mark.unit
 def test_candidates_are_chosen_by_name(tmp_path: Path) -> None:
     base = _config(tmp_path)
     assert [c.name for c in select_candidates(base, ["bag_words", "cnn"])] == ["cnn", "bag_words"]
-    with pytest.raises(ConfigError, match="unknown candidate 'svm'; valid: bag_subwords"):
+    with pytest.raises(ConfigError, match="unknown candidate 'svm'; valid: linear_ngrams, bag_"):
         select_candidates(base, ["svm"])
 
 

@@ -56,8 +56,8 @@ def add_tune_command(sub: Any) -> None:
     p.add_argument(
         "--candidates",
         metavar="A,B",
-        help="which candidates (default: all that can run: bag_subwords, bag_words, cnn, "
-        "encoder_head, encoder_finetune)",
+        help="which candidates (default: all that can run: linear_ngrams, bag_subwords, "
+        "bag_words, cnn, encoder_head, encoder_finetune)",
     )
     p.add_argument("--seed", type=int, help="the sampler's seed (default: the config's)")
     p.add_argument(

@@ -31,6 +31,7 @@ from modelyard.config.deploy import (
     formats_for,
 )
 from modelyard.config.families import (
+    CHAR_TOKENIZER_KINDS,
     GENERATIVE_KINDS,
     MODEL_CONFIGS,
     MODEL_KINDS,
@@ -40,6 +41,7 @@ from modelyard.config.families import (
     CausalLMLoRAConfig,
     CNNConfig,
     Init,
+    LinearNgramsConfig,
     LoRAConfig,
     ModelConfig,
     PretrainedModelConfig,
@@ -57,6 +59,7 @@ from modelyard.errors import ConfigError
 from modelyard.tasks import get_task, task_names
 
 __all__ = [
+    "CHAR_TOKENIZER_KINDS",
     "EXPORT_FORMATS",
     "EXPORT_QUANTIZE_MODES",
     "GENERATIVE_FORMATS",
@@ -80,6 +83,7 @@ __all__ = [
     "ExportConfig",
     "ExportFormat",
     "Init",
+    "LinearNgramsConfig",
     "LoRAConfig",
     "LossConfig",
     "ModelConfig",
@@ -103,6 +107,10 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------- root
+# tokenizer.max_length of a ``char`` tokenizer when the config sets none (characters, not words)
+CHAR_MAX_LENGTH = 1024
+
+
 class Config(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     task: str  # a name in the task registry (modelyard.tasks), checked below
@@ -134,12 +142,23 @@ class Config(StrictModel):
         if isinstance(model, dict) and own and tokenizer_raw:
             tokenizer = {"kind": "pretrained", "path": model.get("path"), **(tokenizer or {})}
             raw = {**raw, "tokenizer": tokenizer}
+        if isinstance(model, dict) and model.get("kind") in CHAR_TOKENIZER_KINDS and tokenizer_raw:
+            tokenizer = {"kind": "char", **(tokenizer or {})}
+            raw = {**raw, "tokenizer": tokenizer}
+        if tokenizer_raw and isinstance(tokenizer, dict) and tokenizer.get("kind") == "char":
+            # a character counts as a token: a text needs ~5x the ids a word tokenizer's does
+            raw = {**raw, "tokenizer": {"max_length": CHAR_MAX_LENGTH, **tokenizer}}
         return raw
 
     @model_validator(mode="after")
     def _pretrained_needs_its_tokenizer(self) -> Config:
         if self.model.kind in OWN_TOKENIZER_KINDS and self.tokenizer.kind != "pretrained":
             raise ValueError(f"model.kind {self.model.kind!r} needs tokenizer.kind 'pretrained'")
+        if self.model.kind in CHAR_TOKENIZER_KINDS and self.tokenizer.kind != "char":
+            raise ValueError(
+                f"model.kind {self.model.kind!r} reads characters: it needs tokenizer.kind "
+                f"'char', not {self.tokenizer.kind!r}"
+            )
         generative = get_task(self.task).generative
         if generative != (self.model.kind in GENERATIVE_KINDS):
             if generative:

@@ -50,9 +50,9 @@ class TokenizerConfig(StrictModel):
     ``examples/seed.yaml`` sets that to reproduce the recipe exactly.
     """
 
-    kind: Literal["word", "bpe", "wordpiece", "pretrained"] = "word"
+    kind: Literal["word", "bpe", "wordpiece", "char", "pretrained"] = "word"
     num_words: int = Field(10000, ge=3)  # word: keep the num_words-1 most frequent ids, 0 = pad
-    vocab_size: int = Field(8000, ge=50)  # bpe / wordpiece
+    vocab_size: int = Field(8000, ge=50)  # bpe / wordpiece; char: the most characters kept
     min_frequency: int = Field(1, ge=1)
     oov_token: str = "<OOV>"
     pad_token: str = "<PAD>"

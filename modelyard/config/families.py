@@ -141,12 +141,35 @@ class BagOfNgramsConfig(StrictModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the averaged vector
 
 
+class LinearNgramsConfig(StrictModel):
+    """A linear model on hashed word and character n-grams (``models/linear_ngrams.py``), read
+    from the ``char`` tokenizer's ids."""
+
+    kind: Literal["linear_ngrams"]
+    init: Init = "keras"
+    char_ngrams: list[int] = Field(default_factory=lambda: [2, 5], min_length=2, max_length=2)
+    word_ngrams: int = Field(2, ge=0, le=2)  # 0: characters only, 1: + words, 2: + word bigrams
+    word_window: int = Field(24, ge=1, le=64)  # the most characters a word or bigram hash reads
+    buckets: int = Field(2**20, ge=1, le=2**22)  # hashed rows, shared by every feature kind
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # each feature dropped with this probability
+
+    @field_validator("char_ngrams")
+    @classmethod
+    def _orders(cls, v: list[int]) -> list[int]:
+        if not 1 <= v[0] <= v[1] <= 8:
+            raise ValueError(
+                f"char_ngrams is [shortest, longest] with 1 <= shortest <= longest <= 8, got {v}"
+            )
+        return v
+
+
 ModelConfig = Annotated[
     Union[
         RNNConfig,
         CNNConfig,
         TransformerConfig,
         BagOfNgramsConfig,
+        LinearNgramsConfig,
         PretrainedModelConfig,
         CausalLMConfig,
     ],
@@ -163,5 +186,7 @@ MODEL_KINDS: tuple[str, ...] = tuple(MODEL_CONFIGS)
 # kinds that read only their own model's vocabulary: tokenizer.kind is ``pretrained`` and
 # tokenizer.path defaults to model.path
 OWN_TOKENIZER_KINDS: tuple[str, ...] = ("pretrained", "causal_lm")
+# kinds that read characters: tokenizer.kind must be ``char`` (and is, when the section is unset)
+CHAR_TOKENIZER_KINDS: tuple[str, ...] = ("linear_ngrams",)
 # the kinds that write text (a generative task's model), not scores
 GENERATIVE_KINDS: tuple[str, ...] = ("causal_lm",)

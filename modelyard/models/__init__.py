@@ -1,4 +1,5 @@
-"""Model families (torch): bag_of_ngrams, lstm, gru, cnn, transformer, pretrained; by name.
+"""Model families (torch), by name: bag_of_ngrams, linear_ngrams, lstm, gru, cnn, transformer,
+pretrained, causal_lm.
 
 Every model maps ``(input_ids, attention_mask)`` of shape (B, T) to raw logits (B, outputs), is
 padding invariant (either side, any amount) and exports with ``torch.onnx.export(dynamo=True)``
@@ -12,6 +13,7 @@ from modelyard.models.capabilities import AdapterModel, Capabilities, FeatureMod
 from modelyard.models.cnn import CNNClassifier, build_cnn
 from modelyard.models.heads import head_outputs, make_head
 from modelyard.models.initialization import INITIALIZERS, initialize
+from modelyard.models.linear_ngrams import LinearNgramsClassifier, build_linear_ngrams
 from modelyard.models.pretrained import PretrainedClassifier, build_pretrained
 from modelyard.models.registry import (
     FAMILY_CAPABILITIES,
@@ -31,11 +33,13 @@ __all__ = [
     "CNNClassifier",
     "Capabilities",
     "FeatureModel",
+    "LinearNgramsClassifier",
     "PretrainedClassifier",
     "RNNClassifier",
     "TransformerClassifier",
     "build_bag_of_ngrams",
     "build_cnn",
+    "build_linear_ngrams",
     "build_model",
     "build_pretrained",
     "build_rnn",

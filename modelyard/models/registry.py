@@ -14,6 +14,7 @@ from modelyard.models.capabilities import Capabilities
 from modelyard.models.causal_lm import build_causal_lm
 from modelyard.models.cnn import build_cnn
 from modelyard.models.initialization import initialize
+from modelyard.models.linear_ngrams import build_linear_ngrams
 from modelyard.models.pretrained import build_pretrained, pretrained_capabilities
 from modelyard.models.rnn import build_rnn
 from modelyard.models.transformer import build_transformer
@@ -26,6 +27,7 @@ MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "cnn": build_cnn,
     "transformer": build_transformer,
     "bag_of_ngrams": build_bag_of_ngrams,
+    "linear_ngrams": build_linear_ngrams,
     "pretrained": build_pretrained,
     "causal_lm": build_causal_lm,
 }

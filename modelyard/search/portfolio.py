@@ -115,6 +115,21 @@ def _word_tokenizer(s: Space) -> dict[str, Any]:
     return {"kind": "word", "num_words": s.choice("num_words", [20000, 50000])}
 
 
+def _linear(s: Space, base: Config) -> dict[str, dict[str, Any]]:
+    shortest, longest = s.choice("char_ngrams", ["2,5", "1,4", "2,6"]).split(",")
+    return {
+        "tokenizer": {"kind": "char", "max_length": s.choice("max_length", [1024, 2048])},
+        "model": {
+            "kind": "linear_ngrams",
+            "char_ngrams": [int(shortest), int(longest)],
+            "word_ngrams": s.int("word_ngrams", 1, 2),
+            "buckets": s.choice("buckets", [2**18, 2**20]),
+            "dropout": s.float("dropout", 0.0, 0.5),
+        },
+        "train": _train(s, "adam", (2e-3, 0.1), epochs=30, batch=(32, 64)),
+    }
+
+
 def _cnn(s: Space, base: Config) -> dict[str, dict[str, Any]]:
     kernels = s.choice("kernel_sizes", ["3,4,5", "2,3,4", "1,2,3"])
     return {
@@ -174,9 +189,25 @@ def _fine_tune(s: Space, base: Config) -> dict[str, dict[str, Any]]:
     }
 
 
+# examples/linear_ngrams.yaml's settings
+LINEAR_DEFAULTS: dict[str, Any] = {
+    "char_ngrams": "2,5",
+    "max_length": 1024,
+    "word_ngrams": 2,
+    "buckets": 2**18,
+    "dropout": 0.0,
+    "lr": 0.01,
+    "batch_size": 32,
+}
 # in the order their first trials run: what measured best for its time first, so a short budget
 # still sees the strongest (docs/benchmarks.md, "Small data" and "Fine-tuning MiniLM")
 CANDIDATES: tuple[Candidate, ...] = (
+    Candidate(
+        "linear_ngrams",
+        "a linear model on hashed word and character n-grams (TF-IDF + LR's features)",
+        _linear,
+        LINEAR_DEFAULTS,
+    ),
     Candidate(
         "bag_subwords",
         "fastText-style bag of BPE subwords and hashed n-grams",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from modelyard.config import CleanConfig, TokenizerConfig
 from modelyard.errors import ConfigError
@@ -155,6 +155,51 @@ def _train_subwords(
     return _with_length_settings(tok, cfg, pad_id=0, pad_token=cfg.pad_token)
 
 
+# ------------------------------------------------------------------------------- characters
+# the char tokenizer's fixed ids: a model that reads characters finds its words between spaces
+CHAR_PAD_ID, CHAR_OOV_ID, CHAR_SPACE_ID = 0, 1, 2
+# split off as words of their own ("good!" is "good" and "!"), as word tokenizers do
+CHAR_PUNCTUATION = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~“”‘’«»…–—"
+
+
+def char_normalizer(cfg: TokenizerConfig, clean: CleanConfig) -> normalizers.Normalizer:
+    """Cleaning, then one space around each punctuation mark, runs of whitespace as one space,
+    and one space at each end: every word, the first and last included, sits between spaces."""
+    steps = clean_normalizers(clean)
+    if cfg.lowercase and not clean.lowercase:
+        steps.append(normalizers.Lowercase())
+    steps += [normalizers.Replace(mark, f" {mark} ") for mark in CHAR_PUNCTUATION]
+    steps += [
+        normalizers.Replace(Regex(r"\s+"), " "),
+        normalizers.Strip(),
+        normalizers.Prepend(" "),
+        normalizers.Replace(Regex("$"), " "),
+    ]
+    return normalizers.Sequence(steps)
+
+
+def build_char(cfg: TokenizerConfig, clean: CleanConfig, texts: Sequence[str]) -> Tokenizer:
+    """One id per character: pad 0, unk 1, space 2, then the training texts' characters by count
+    (those seen ``min_frequency`` times, at most ``vocab_size`` ids in all); ``max_length``
+    counts characters. The word and character n-grams of ``linear_ngrams`` are computed from
+    these ids inside the model, so this stays the bundle's only tokenizer."""
+    normalizer = char_normalizer(cfg, clean)
+    counts: dict[str, int] = {}
+    for text in texts:
+        for char in normalizer.normalize_str(text):
+            counts[char] = counts.get(char, 0) + 1
+    vocab = {cfg.pad_token: CHAR_PAD_ID, cfg.oov_token: CHAR_OOV_ID, " ": CHAR_SPACE_ID}
+    ranked = sorted(counts.items(), key=lambda item: item[1], reverse=True)
+    for char, count in ranked:
+        if len(vocab) >= cfg.vocab_size or count < cfg.min_frequency:
+            break
+        vocab.setdefault(char, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=cfg.oov_token))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return _with_length_settings(tok, cfg, pad_id=CHAR_PAD_ID, pad_token=cfg.pad_token)
+
+
 # ------------------------------------------------------------------------------- pretrained
 def build_pretrained(cfg: TokenizerConfig, clean: CleanConfig, texts: Sequence[str]) -> Tokenizer:
     """Load ``cfg.path``/tokenizer.json, keep its pad id, and add cleaning, truncation, padding.
@@ -211,5 +256,6 @@ TOKENIZER_BUILDERS: dict[str, TokenizerBuilder] = {
     "word": build_word,
     "bpe": build_bpe,
     "wordpiece": build_wordpiece,
+    "char": build_char,
     "pretrained": build_pretrained,
 }
