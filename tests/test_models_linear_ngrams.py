@@ -12,7 +12,7 @@ from helpers.padding import padding_variants, place, sample_texts
 from modelyard.config import CleanConfig, LinearNgramsConfig, TokenizerConfig, load_config
 from modelyard.errors import ConfigError
 from modelyard.models import LinearNgramsClassifier, build_model
-from modelyard.models.linear_ngrams import BIGRAM_SEED, WORD_SEED
+from modelyard.models.linear_ngrams import BIGRAM_SEED, WORD_SEED, term_weights
 from modelyard.models.masking import to_right_padding
 from modelyard.tokenize import build_tokenizer
 from modelyard.tokenize.builders import CHAR_SPACE_ID
@@ -194,3 +194,31 @@ def test_config_picks_the_char_tokenizer_and_refuses_others() -> None:
         load_config({**base, "model": {"kind": "linear_ngrams"}, "tokenizer": {"kind": "bpe"}})
     with pytest.raises(ConfigError, match=r"model\.char_ngrams"):
         load_config({**base, "model": {"kind": "linear_ngrams", "char_ngrams": [4, 2]}})
+
+
+def test_term_weights_count_each_distinct_feature_once() -> None:
+    ids = torch.tensor([[7, 3, 7, 0, 7, 3, 9], [4, 4, 0, 0, 0, 0, 0]])
+    valid = torch.tensor([[1, 1, 1, 0, 1, 1, 1], [1, 1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    ordered, weights = term_weights(ids, valid)
+    got = [
+        {int(i): round(float(w), 6) for i, w in zip(row, ws, strict=True) if w > 0}
+        for row, ws in zip(ordered, weights, strict=True)
+    ]
+    ln = torch.log(torch.tensor([2.0, 3.0])).tolist()
+    assert got == [
+        {3: round(1 + ln[0], 6), 7: round(1 + ln[1], 6), 9: 1.0},
+        {4: round(1 + ln[0], 6)},
+    ]
+    assert int((weights > 0).sum()) == 4  # padding and repeats weigh nothing
+
+
+def test_logits_are_the_normalised_weighted_sum() -> None:
+    model = tiny((2, 2), 1)
+    text = [2, 3, 3, 3, 2, 3, 3, 3, 2]  # " aaa aaa ": "aa" 4 times, " a" and "a " twice, word twice
+    counts = expected(model, text)
+    weight = {i: 1 + torch.log(torch.tensor(float(c))) for i, c in counts.items()}
+    norm = torch.stack(list(weight.values())).pow(2).sum().sqrt()
+    manual = sum(model.weight.weight[i] * w for i, w in weight.items()) / norm + model.bias
+    ids = torch.tensor([text])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, torch.ones_like(ids))[0], manual.detach())

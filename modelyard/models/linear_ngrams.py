@@ -2,11 +2,14 @@
 
 What a TF-IDF + logistic regression baseline sees (word unigrams and bigrams, character 2- to
 5-grams), as one trainable, exportable graph: one weight vector per feature (``num_outputs``
-wide, no hidden layer), summed over a text's features and divided by the square root of their
-count (every text's feature vector then has unit L2 norm, as TF-IDF's rows do; a plain mean
-needed 2-3x the epochs for the same accuracy), plus a bias. On short texts the character
-n-grams carry what a word vocabulary loses (stems, inflections, misspellings): on movie-review
-sentences scikit-learn's TF-IDF + LR gains 1.5-3 points from them over words alone.
+wide, no hidden layer). A text's distinct features are weighted ``1 + ln(count)`` (TF-IDF's
+sublinear tf) and their weighted sum is divided by the L2 norm of those weights, so every text's
+feature vector has unit norm whatever its length, as TF-IDF's rows do; then a bias. On the
+Python-docstrings set (long texts) that weighting scored 0.889 against 0.874 for a plain sum
+over the square root of the count and 0.872 for a plain mean (which also needed 3x the epochs);
+on short movie sentences all three were within 0.3 points. The character n-grams carry what a
+word vocabulary loses (stems, inflections, misspellings): scikit-learn's TF-IDF + LR gains 1.5-3
+points from them over words alone on the movie sentences and the docstrings.
 
 The input is the ``char`` tokenizer's ids (``tokenize.builders.build_char``): one id per
 character, a space (id :data:`CHAR_SPACE_ID`) between words and at both ends. Every feature id
@@ -42,7 +45,8 @@ WORD_SEED, BIGRAM_SEED = 1, 2  # the word hashes' first value (the character n-g
 
 
 class LinearNgramsClassifier(nn.Module):
-    """Hashed word + character n-gram ids -> one weight row each -> sum / sqrt(count) + bias.
+    """Hashed word + character n-gram ids -> one weight row each -> tf-weighted, L2-normalised
+    sum + bias.
 
     Args:
         vocab_size: number of character ids ``V``.
@@ -142,11 +146,35 @@ class LinearNgramsClassifier(nn.Module):
         if self.training and self.dropout > 0:
             keep = torch.rand(valid.shape, device=valid.device) >= self.dropout
             valid = valid & keep
-        weights = valid.to(self.bias.dtype)[:, :, None]  # (B, F * T, 1)
-        # the sum over the square root of the count: a text's vector has the same L2 norm
-        # whatever its length, as TF-IDF's normalised rows do
-        total = (self.weight(ids) * weights).sum(dim=1)  # (B, outputs)
-        return total / weights.sum(dim=1).clamp(min=1.0).sqrt() + self.bias
+        ids, weights = term_weights(ids, valid)
+        # the weighted sum over the L2 norm of the weights: every text's feature vector has unit
+        # norm, as TF-IDF's rows do
+        total = (self.weight(ids) * weights[:, :, None]).sum(dim=1)  # (B, outputs)
+        norm = weights.pow(2).sum(dim=1, keepdim=True).clamp(min=1.0).sqrt()  # (B, 1)
+        return total / norm + self.bias
+
+
+def term_weights(ids: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Each distinct feature of a row once, weighted ``1 + ln(count)`` (sublinear tf).
+
+    Args:
+        ids: (B, N) feature ids; valid: (B, N) bool, which of them are real.
+
+    Returns:
+        ``ids`` (B, N) sorted, and ``weights`` (B, N) float: ``1 + ln(count)`` at the first of
+        each run of equal real ids, 0 elsewhere.
+    """
+    marked = torch.where(valid, ids, -1)  # padding sorts first, as one run of -1
+    ordered, _ = torch.sort(marked, dim=1)
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    group = torch.cumsum(first.long(), dim=1) - 1  # (B, N): the run each position belongs to
+    counts = torch.zeros_like(ordered, dtype=torch.float32).scatter_add(
+        1, group, torch.ones_like(ordered, dtype=torch.float32)
+    )  # (B, N): run r's length at index r
+    count = torch.gather(counts, 1, group)
+    weights = torch.where(first & (ordered >= 0), 1.0 + torch.log(count), 0.0)
+    return ordered.clamp(min=0), weights
 
 
 def build_linear_ngrams(
