@@ -89,6 +89,12 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "model": {"kind": "bag_of_ngrams"},
         "tokenizer": {"kind": "bpe", "vocab_size": 16000},
     },
+    # examples/linear_ngrams.yaml's settings; it reads characters (the char tokenizer)
+    "linear_ngrams": {
+        "model": {"kind": "linear_ngrams", "buckets": 2**18},
+        "tokenizer": {"kind": "char", "max_length": 1024},
+        "train": {"optimizer": {"name": "adam", "lr": 0.01}, "epochs": 30},
+    },
     "cnn": {"model": {"kind": "cnn", "dropout": 0.5}},
     "lstm": {"model": {"kind": "lstm"}},
     "bigru": {"model": {"kind": "gru", "bidirectional": True, "pooling": "mean"}},

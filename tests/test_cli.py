@@ -160,3 +160,28 @@ def test_console_exit_keeps_output_status_and_exit_handlers(tmp_path: Path) -> N
         else:  # the config exists now: a clear error, status 2
             assert proc.returncode == 2 and "already exists" in proc.stderr
             assert "handlers ran" in proc.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_init_then_train_export_predict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the first thing a new user runs: the starter config (a char tokenizer, linear_ngrams),
+    # only its data files written, trained, exported and asked through the torch-free runtime
+    from helpers.synthetic import write_synthetic
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "m", "--task", "binary"]) == 0
+    write_synthetic(tmp_path / "m", n_train=200, n_test=40)
+    sets = ["--set", "train.progress=false", "--set", "output_dir=runs"]
+    assert main(["train", "m/config.yaml", *sets]) == 0
+    assert main(["export", "runs/m", "--repo", "models"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "models/m", "--data", "m/test.csv", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] >= 0.9
+    (tmp_path / "in.txt").write_text("The plot was GOOD!\nbad, really bad\n", encoding="utf-8")
+    args = ["predict", "models/m", "--input", "in.txt", "--output", "out.jsonl", "--no-progress"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in rows] == ["pos", "neg"]

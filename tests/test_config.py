@@ -56,7 +56,7 @@ def test_starter_config_is_the_measured_default_and_lists_every_family() -> None
     assert all(kind in text for kind in MODEL_KINDS)
     assert "modelyard tune demo/config.yaml --budget 20m" in text
     config = validate_config(yaml.safe_load(text))
-    assert (config.model.kind, config.tokenizer.kind) == ("bag_of_ngrams", "bpe")
+    assert (config.model.kind, config.tokenizer.kind) == ("linear_ngrams", "char")
     # train.epochs is a ceiling: early stopping on the task's monitor ends the run
     assert config.train.early_stopping is not None and config.train.epochs >= 20
 
