@@ -85,6 +85,7 @@ def test_every_candidate_defaults_cover_its_space_and_make_a_valid_config(tmp_pa
         assert config.data == base.data and config.task == base.task
         assert config.train.monitor == "val_accuracy"
         assert config.train.early_stopping is not None
+        assert config.train.early_stopping.monitor == "val_loss"
         assert config.train.num_threads == 1  # the base's train settings stay
         assert set(fixed.params) == set(candidate.fixed_params())
 
