@@ -177,7 +177,8 @@ def test_init_then_train_export_predict(
     sets = ["--set", "train.progress=false", "--set", "output_dir=runs"]
     assert main(["train", "m/config.yaml", *sets]) == 0
     assert main(["export", "runs/m", "--repo", "models"]) == 0
-    capsys.readouterr()
+    assert main(["export", "runs/m", "--repo", "models", "--format", "tflite"]) == 2
+    assert "does not convert to TFLite" in capsys.readouterr().err
     assert main(["evaluate", "models/m", "--data", "m/test.csv", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] >= 0.9
     (tmp_path / "in.txt").write_text("The plot was GOOD!\nbad, really bad\n", encoding="utf-8")

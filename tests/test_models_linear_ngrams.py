@@ -222,3 +222,13 @@ def test_logits_are_the_normalised_weighted_sum() -> None:
     ids = torch.tensor([text])
     with torch.no_grad():
         torch.testing.assert_close(model(ids, torch.ones_like(ids))[0], manual.detach())
+
+
+def test_tflite_is_refused_with_the_reason() -> None:
+    base = {"name": "t", "task": "binary", "data": {"train": "x.csv"}}
+    model = {"kind": "linear_ngrams"}
+    with pytest.raises(ConfigError, match=r"export\.formats.*does not convert to TFLite.*sort"):
+        load_config({**base, "model": model, "export": {"formats": ["onnx", "tflite"]}})
+    targets = {"phone": {"format": "tflite", "max_size_mb": 5}}
+    with pytest.raises(ConfigError, match=r"targets\.phone\.format.*use onnx"):
+        load_config({**base, "model": model, "targets": targets})

@@ -35,6 +35,7 @@ from modelyard.config.families import (
     GENERATIVE_KINDS,
     MODEL_CONFIGS,
     MODEL_KINDS,
+    NO_TFLITE_KINDS,
     OWN_TOKENIZER_KINDS,
     BagOfNgramsConfig,
     CausalLMConfig,
@@ -187,6 +188,11 @@ class Config(StrictModel):
         asked = [("export.formats", f) for f in self.export.formats]
         asked += [(f"targets.{n}.format", t.format) for n, t in self.targets.items()]
         for key, fmt in asked:
+            if fmt == "tflite" and self.model.kind in NO_TFLITE_KINDS:
+                raise ValueError(
+                    f"{key}: model.kind {self.model.kind!r} does not convert to TFLite "
+                    f"({NO_TFLITE_KINDS[self.model.kind]}); use onnx"
+                )
             if fmt not in valid:
                 what = "writes text" if generative else "scores texts"
                 raise ValueError(

@@ -188,5 +188,10 @@ MODEL_KINDS: tuple[str, ...] = tuple(MODEL_CONFIGS)
 OWN_TOKENIZER_KINDS: tuple[str, ...] = ("pretrained", "causal_lm")
 # kinds that read characters: tokenizer.kind must be ``char`` (and is, when the section is unset)
 CHAR_TOKENIZER_KINDS: tuple[str, ...] = ("linear_ngrams",)
+# kinds LiteRT cannot run (linear_ngrams' term weights need a sort, which LiteRT has no kernel
+# for: measured with litert-torch 0.10.0), mapped to why
+NO_TFLITE_KINDS: dict[str, str] = {
+    "linear_ngrams": "its term weights need a sort, and LiteRT has no kernel for one",
+}
 # the kinds that write text (a generative task's model), not scores
 GENERATIVE_KINDS: tuple[str, ...] = ("causal_lm",)

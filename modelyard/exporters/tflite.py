@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from modelyard.bundle import Bundle, PaddingSide, write_bundle
+from modelyard.config import NO_TFLITE_KINDS
 from modelyard.data import load_splits
 from modelyard.errors import BundleError, DataError
 from modelyard.exporters.litert_convert import TFLITE_QUANTIZERS, convert
@@ -108,6 +109,9 @@ def export_tflite(
         raise BundleError(f"batch_size must be >= 1, got {batch_size}")
     run = run if isinstance(run, Run) else Run.load(run)
     config = run.config
+    why = NO_TFLITE_KINDS.get(config.model.kind)
+    if why is not None:
+        raise BundleError(f"model.kind {config.model.kind!r} does not convert to TFLite ({why})")
     model = load_model(run, which)
     tok = RunTokenizer.of(run)
     seqs = parity_sequences(run, tok.tokenizer, tok.vocab_size, tok.max_length)
