@@ -10,6 +10,8 @@ Both paths use the same tokenizer.json and the same number of threads. The two p
 call by call so that noise from a shared machine hits both alike.
 
     .venv/bin/python bench/inference.py --kinds lstm gru cnn transformer --threads 1
+    .venv/bin/python bench/inference.py --configs examples/linear_ngrams.yaml \
+        examples/bag_of_ngrams.yaml --threads 1     # example configs as they are, 1 epoch
 """
 
 from __future__ import annotations
@@ -89,16 +91,22 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["lstm", "gru", "cnn", "transformer"])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1, help="torch and ORT intra-op threads")
+    parser.add_argument("--configs", nargs="+", default=[],
+                        help="config files measured as they are, instead of --kinds")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in args.kinds:
+        # (row name, config file, its model override)
+        runs = [(kind, args.config, [f"model={MODELS[kind]}"]) for kind in args.kinds]
+        if args.configs:
+            runs = [(Path(path).stem, path, []) for path in args.configs]
+        for kind, path, model in runs:
             config = load_config(
-                args.config,
+                path,
                 [
-                    f"model={MODELS[kind]}",
+                    *model,
                     "train.epochs=1",
                     "train.progress=false",
                     "train.monitor=val_loss",

@@ -44,12 +44,13 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
 
 
 @contextlib.contextmanager
-def quiet_logger(name: str) -> Iterator[None]:
-    """Only errors from ``name`` while exporting (it logs e.g. that torchvision is absent)."""
+def quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Only records of ``level`` and above from ``name`` meanwhile (by default errors: while
+    exporting, torch logs e.g. that torchvision is absent)."""
     logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    before = logger.level
+    logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.setLevel(before)

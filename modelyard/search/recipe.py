@@ -12,11 +12,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from modelyard.atomic import atomic_write_text
 from modelyard.config import Config, dump_config
 from modelyard.data import load_splits
 from modelyard.errors import ConfigError, RunError
+from modelyard.logs import quiet_logger
 from modelyard.metrics import higher_is_better
 from modelyard.runs import Run
 from modelyard.search.budget import (
@@ -158,7 +158,8 @@ def tune(
         splits = load_splits(config)
         texts = splits.validation.texts
         n_test = len(splits.test) if splits.test is not None else 0
-        with _quiet("modelyard.training"):
+        # the per-epoch lines of each trial's training are too many: warnings only, meanwhile
+        with quiet_logger("modelyard.training", logging.WARNING):
             _search(
                 study,
                 nproc,
@@ -377,15 +378,3 @@ def _drop_losers(board: list[Entry], best: Run | None) -> None:
     for entry in board:
         if best is None or Path(entry.run_dir).resolve() != best.dir.resolve():
             shutil.rmtree(Path(entry.run_dir) / "checkpoints", ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    """The per-epoch lines of each trial's training are too many: warnings only, meanwhile."""
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
